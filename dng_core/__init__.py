@@ -1,0 +1,31 @@
+"""dng_core: Dynamic Negative Guidance (Koulischer et al., ICLR 2025) in pure torch, free of any host.
+
+Modules, in the order data flows through one step:
+    parametrisation  how the sampler state relates to x0 and noise; the Gaussian reverse kernel
+    posterior        PosteriorTracker: p(c- | x_t) from transition likelihood ratios (Algorithm 2)
+    guidance         combine_guidance: D_u + s (D_pos - D_u) - sum_k lambda_k (D_neg_k - D_u)
+    baselines        negative prompting and Safe Latent Diffusion over the same inputs
+    run              DNGRun / NegativePromptRun / SLDRun: one sampling run, once-per-step state
+    trace            GuidanceTrace: per step and sample, JSON, bounded
+    history          TraceHistory: recent runs, found again by their output latent
+    plotting         plot_trace: the trace as an RGB image (matplotlib, Agg)
+"""
+
+from __future__ import annotations
+
+from .baselines import SLD_PRESETS, SLDConfig, SLDState, negative_prompting, sld_denoised, sld_step
+from .guidance import combine_guidance
+from .history import TraceHistory
+from .plotting import plot_trace
+from .parametrisation import Parametrisation, ReverseKernel, reverse_kernel
+from .posterior import PosteriorConfig, PosteriorTracker, PosteriorVariance, guidance_scale, posterior_increment
+from .run import LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, SLDRun, StepAligner, tensor_fingerprint
+from .trace import GuidanceTrace, StepRecord
+
+__all__ = [
+    "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
+    "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel", "SLDConfig", "SLDRun",
+    "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory", "combine_guidance",
+    "guidance_scale", "negative_prompting", "plot_trace", "posterior_increment", "reverse_kernel", "sld_denoised",
+    "sld_step", "tensor_fingerprint",
+]

@@ -1,0 +1,70 @@
+"""plot_trace: a GuidanceTrace as an RGB image, lambda_t (and p_t for DNG) against step, a line per sample."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .trace import GuidanceTrace
+
+__all__ = ["plot_trace"]
+
+_SCALE_LABEL = {"dng": "lambda_t (DNG)", "np": "scale (negative prompting)", "sld": "effective scale (SLD)"}
+
+
+def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, height: int = 512,
+               title: str | None = None) -> np.ndarray:
+    """Render ``trace`` to a uint8 array [height, width, 3].
+
+    One subplot for the guidance scale and, for DNG, one for the posterior p_t; one curve per batch element
+    (and per concept when there are several). ``log_scale`` puts the y axes on a log scale (values <= 0 are
+    drawn at the axis floor).
+    """
+    if width < 64 or height < 64:
+        raise ValueError(f"width and height must be >= 64 pixels, got {width}x{height}")
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # a Figure without pyplot keeps no global state between calls
+
+    steps = np.asarray(trace.step_indices(), dtype=float)
+    scale = trace.series("scale").numpy()
+    p = trace.series("p").numpy()
+    panels = [("scale", scale, _SCALE_LABEL.get(trace.method, "scale"))]
+    if p.size:
+        panels.append(("p", p, "posterior p_t(c- | x_t)"))
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (key, values, label) in zip(axes, panels):
+        if values.size == 0:
+            ax.text(0.5, 0.5, "no steps recorded", ha="center", va="center", transform=ax.transAxes)
+        else:
+            _, concepts, batch = values.shape
+            for k in range(concepts):
+                for b in range(batch):
+                    name = f"sample {b}" + (f", concept {k}" if concepts > 1 else "")
+                    y = values[:, k, b]
+                    if log_scale:
+                        y = np.where(y > 0, y, np.nan)
+                    ax.plot(steps, y, marker="o", markersize=2.5, linewidth=1.4, label=name)
+            if batch * concepts <= 8:
+                ax.legend(fontsize=7, loc="best")
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("sampler step")
+    heading = title or f"{trace.method.upper()} guidance, {len(trace.steps)} steps, batch {trace.batch_size}"
+    if trace.truncated:
+        heading += " (truncated)"
+    axes[0].set_title(heading, fontsize=9)
+    fig.tight_layout()
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="rgba", dpi=dpi)
+    w, h = fig.canvas.get_width_height()
+    rgba = np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(h, w, 4)
+    return np.ascontiguousarray(rgba[:, :, :3])

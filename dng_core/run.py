@@ -1,0 +1,313 @@
+"""One guided sampling run: assigns model calls to sampler steps and applies DNG, NP or SLD step by step.
+
+A host calls ``guide`` at every model evaluation with the state x, sigma and the three kinds of predictions,
+and ``finish`` when the sampler returns. The run must advance its state (the posterior, SLD's momentum)
+exactly once per sampler step, yet samplers call the model a different number of times per step: heun calls it
+at (x_i, sigma_i) and again at (predictor, sigma_{i+1}); dpmpp_2s_ancestral at sigma_i and at a midpoint.
+
+``StepAligner`` resolves this from the schedule alone. A call whose sigma is schedule[j] for a step j not yet
+passed is a *candidate* first call of step j; a later call at the same sigma replaces the candidate (heun's
+predictor call at sigma_{i+1} comes before step i+1's real first call at x_{i+1}); the candidate is confirmed
+when a call for a later step arrives or the run finishes. Calls at sigmas off the schedule belong to the step in
+progress and leave the state alone. The staggering of the paper follows: the scale used at step j comes from
+the posterior after the transition x_{j-1} -> x_j, computed at step j's first call whose input is x_j.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .baselines import SLDConfig, SLDState, sld_denoised
+from .guidance import check_scale_args, combine_guidance
+from .parametrisation import Parametrisation
+from .posterior import PosteriorConfig, PosteriorTracker, guidance_scale
+from .trace import GuidanceTrace, StepRecord
+
+__all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun",
+           "tensor_fingerprint", "LAMBDA0_MAX"]
+
+LAMBDA0_MAX = 1000.0
+
+StepListener = Callable[["GuidedRun", StepRecord], None]
+
+
+@dataclass(frozen=True)
+class DNGConfig:
+    """lambda0 (the guidance strength of eq. 7, lambda = lambda0 p / (1 - p)) and the posterior's settings."""
+
+    lambda0: float = 5.0
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+
+    def __post_init__(self) -> None:
+        check_scale_args("lambda0", self.lambda0, LAMBDA0_MAX)
+
+    @property
+    def max_scale(self) -> float:
+        """The largest lambda the clamp allows: lambda0 p_max / (1 - p_max)."""
+        p = self.posterior.p_max
+        return self.lambda0 * p / (1.0 - p)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lambda0": self.lambda0, **self.posterior.as_dict()}
+
+
+def tensor_fingerprint(t: torch.Tensor) -> str:
+    """A content hash of a tensor (shape + float32 values), to find the run that produced a latent."""
+    data = t.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha1(str(tuple(data.shape)).encode())
+    h.update(data.numpy().tobytes())
+    return h.hexdigest()
+
+
+class StepAligner:
+    """Maps a model call's sigma to a step index of the schedule (see module docstring).
+
+    schedule: the sampler's sigmas, N + 1 values for N steps (the last is usually 0).
+    """
+
+    def __init__(self, schedule: Sequence[float] | torch.Tensor, rel_tol: float = 1e-5) -> None:
+        values = schedule.detach().flatten().tolist() if isinstance(schedule, torch.Tensor) else list(schedule)
+        if len(values) < 2:
+            raise ValueError(f"a schedule needs at least 2 sigmas (1 step), got {len(values)}")
+        self.sigmas = [float(v) for v in values]
+        self.rel_tol = rel_tol
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def candidate_step(self, sigma: float, earliest: int) -> int | None:
+        """The step j >= earliest whose start sigma equals ``sigma``, or None (an off-schedule, inner call)."""
+        for j in range(max(earliest, 0), self.steps):
+            if math.isclose(self.sigmas[j], sigma, rel_tol=self.rel_tol, abs_tol=1e-12):
+                return j
+        return None
+
+
+@dataclass
+class _Candidate:
+    step: int
+    sigma: float
+    state: Any
+    scale: torch.Tensor
+    p: torch.Tensor | None
+
+
+class GuidedRun(abc.ABC):
+    """The per-run driver shared by DNG and the baselines; subclasses supply the per-step rule."""
+
+    method = "?"
+
+    def __init__(self, schedule: Sequence[float] | torch.Tensor, params: dict[str, Any], concepts: int = 1,
+                 parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
+                 on_step: StepListener | None = None) -> None:
+        if concepts < 1:
+            raise ValueError(f"concepts must be >= 1, got {concepts}")
+        self.aligner = StepAligner(schedule)
+        self.params = params
+        self.concepts = concepts
+        self.parametrisation = Parametrisation(parametrisation)
+        self.on_step = on_step
+        self.trace: GuidanceTrace | None = None
+        self.model_calls = 0
+        self.steps_confirmed = 0
+        self._pending: _Candidate | None = None
+        self._next_step = 0  # the earliest step a new candidate may claim
+        self.finished = False
+
+    # ---- host-facing -------------------------------------------------------------------------------
+    def guide(self, x: torch.Tensor, sigma: torch.Tensor | float, denoised_uncond: torch.Tensor,
+              denoised_pos: torch.Tensor | None, denoised_negs: Sequence[torch.Tensor],
+              cfg_scale: float) -> torch.Tensor:
+        """The guided prediction for one model call. x and all predictions: [B, ...]; sigma: scalar or [B]."""
+        if len(denoised_negs) != self.concepts:
+            raise ValueError(f"expected {self.concepts} negative predictions, got {len(denoised_negs)}")
+        sig = float(torch.as_tensor(sigma).reshape(-1)[0])
+        if self.trace is None:
+            self.trace = GuidanceTrace(self.method, int(x.shape[0]), self.concepts, dict(self.params),
+                                       total_steps=self.aligner.steps)
+            self._begin(x)
+        self.model_calls += 1
+        earliest = self._pending.step if self._pending is not None else self._next_step
+        step = self.aligner.candidate_step(sig, earliest)
+        if step is None:
+            return self._inner_call(x, sig, denoised_uncond, denoised_pos, denoised_negs, cfg_scale)
+        if self._pending is not None and step > self._pending.step:
+            self._confirm()
+        out, cand = self._first_call(step, x, sig, denoised_uncond, denoised_pos, denoised_negs, cfg_scale)
+        self._pending = cand
+        return out
+
+    def finish(self, x_final: torch.Tensor | None = None) -> GuidanceTrace | None:
+        """Confirm the last step, fold in its transition to ``x_final`` (if given), fingerprint the output."""
+        if self.finished:
+            return self.trace
+        self.finished = True
+        if self._pending is not None:
+            self._confirm()
+        if self.trace is not None and x_final is not None:
+            self._end(x_final, self.aligner.sigmas[-1])
+            self.trace.output_fingerprint = tensor_fingerprint(x_final)
+        return self.trace
+
+    # ---- internals ---------------------------------------------------------------------------------
+    def _confirm(self) -> None:
+        cand = self._pending
+        assert cand is not None and self.trace is not None
+        self._pending = None
+        self._next_step = cand.step + 1
+        self._commit(cand)
+        self.steps_confirmed += 1
+        rec = self.trace.record(cand.step, cand.sigma, cand.scale, cand.p)
+        if rec is not None and self.on_step is not None:
+            self.on_step(self, rec)
+
+    def _begin(self, x: torch.Tensor) -> None:
+        """Set up per-run state once the batch is known."""
+
+    def _end(self, x_final: torch.Tensor, sigma_final: float) -> None:
+        """The transition of the last step, if the method tracks one."""
+
+    @abc.abstractmethod
+    def _first_call(self, step: int, x: torch.Tensor, sigma: float, d_u: torch.Tensor, d_pos: torch.Tensor | None,
+                    d_negs: Sequence[torch.Tensor], cfg_scale: float) -> tuple[torch.Tensor, _Candidate]: ...
+
+    @abc.abstractmethod
+    def _inner_call(self, x: torch.Tensor, sigma: float, d_u: torch.Tensor, d_pos: torch.Tensor | None,
+                    d_negs: Sequence[torch.Tensor], cfg_scale: float) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def _commit(self, cand: _Candidate) -> None: ...
+
+
+@dataclass
+class _StepInputs:
+    """What the next step's posterior update needs from this step's first call (clones)."""
+
+    x: torch.Tensor
+    sigma: float
+    d_u: torch.Tensor
+    d_negs: list[torch.Tensor]
+
+
+class DNGRun(GuidedRun):
+    """Dynamic Negative Guidance over one sampling run; one posterior per concept and batch element."""
+
+    method = "dng"
+
+    def __init__(self, config: DNGConfig, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
+                 parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
+                 on_step: StepListener | None = None) -> None:
+        super().__init__(schedule, config.as_dict(), concepts, parametrisation, on_step)
+        self.config = config
+        self.trackers: list[PosteriorTracker] = []
+        self._confirmed_inputs: _StepInputs | None = None
+
+    @property
+    def posterior_updates(self) -> int:
+        """Steps whose transition has been folded into the posterior (== steps after ``finish(x_final)``)."""
+        return self.trackers[0].updates if self.trackers else 0
+
+    def _begin(self, x: torch.Tensor) -> None:
+        self.trackers = [PosteriorTracker(self.config.posterior, int(x.shape[0]), x.device, self.parametrisation)
+                         for _ in range(self.concepts)]
+
+    def _log_p_at(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """[K, B]: the posterior after the transition from the last confirmed step's inputs to x."""
+        prev = self._confirmed_inputs
+        if prev is None:
+            return torch.stack([t.log_p for t in self.trackers])
+        return torch.stack([t.propose(prev.x, x, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
+                            for k, t in enumerate(self.trackers)])
+
+    def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        log_p = self._log_p_at(x, sigma)
+        scale = guidance_scale(log_p, self.config.lambda0)
+        out = combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale)
+        inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(), [d.detach().clone() for d in d_negs])
+        return out, _Candidate(step, sigma, (log_p, inputs), scale, log_p.exp())
+
+    def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        scale = self._pending.scale if self._pending is not None else torch.stack(
+            [t.scale(self.config.lambda0) for t in self.trackers]) if self.trackers else None
+        return combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale)
+
+    def _commit(self, cand: _Candidate) -> None:
+        log_p, inputs = cand.state
+        if self._confirmed_inputs is not None:
+            for k, tracker in enumerate(self.trackers):
+                tracker.commit(log_p[k])
+        self._confirmed_inputs = inputs
+
+    def _end(self, x_final: torch.Tensor, sigma_final: float) -> None:
+        # The last step's transition: no evidence when it ends at sigma = 0, but it is still a step passed.
+        if self._confirmed_inputs is not None and x_final.shape == self._confirmed_inputs.x.shape:
+            log_p = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
+            for k, tracker in enumerate(self.trackers):
+                tracker.commit(log_p[k])
+            self._confirmed_inputs = None
+
+    def final_posterior(self) -> torch.Tensor | None:
+        """p after the run, [K, B] (after ``finish``)."""
+        return torch.stack([t.p for t in self.trackers]) if self.trackers else None
+
+
+class NegativePromptRun(GuidedRun):
+    """Negative prompting in the paper's form: a constant scale per concept."""
+
+    method = "np"
+
+    def __init__(self, scale: float, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
+                 parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
+                 on_step: StepListener | None = None) -> None:
+        check_scale_args("scale", scale, LAMBDA0_MAX)
+        super().__init__(schedule, {"scale": scale}, concepts, parametrisation, on_step)
+        self.scale = float(scale)
+
+    def _scales(self, batch: int, device: torch.device) -> torch.Tensor:
+        return torch.full((self.concepts, batch), self.scale, dtype=torch.float64, device=device)
+
+    def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        scale = self._scales(x.shape[0], x.device)
+        return combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale), _Candidate(step, sigma, None, scale, None)
+
+    def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        return combine_guidance(d_u, d_pos, d_negs, self._scales(x.shape[0], x.device), cfg_scale)
+
+    def _commit(self, cand: _Candidate) -> None:
+        pass
+
+
+class SLDRun(GuidedRun):
+    """Safe Latent Diffusion; one safety concept (the first negative), momentum advanced once per step."""
+
+    method = "sld"
+
+    def __init__(self, config: SLDConfig, schedule: Sequence[float] | torch.Tensor,
+                 parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
+                 on_step: StepListener | None = None) -> None:
+        super().__init__(schedule, config.as_dict(), 1, parametrisation, on_step)
+        self.config = config
+        self.state = SLDState()
+
+    def _apply(self, state: SLDState, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        return sld_denoised(x, sigma, d_u, d_pos, d_negs[0], cfg_scale, self.config, state, self.parametrisation)
+
+    def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        state = copy.copy(self.state)
+        out, effective = self._apply(state, x, sigma, d_u, d_pos, d_negs, cfg_scale)
+        return out, _Candidate(step, sigma, state, effective.reshape(1, -1), None)
+
+    def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
+        out, _ = self._apply(copy.copy(self.state), x, sigma, d_u, d_pos, d_negs, cfg_scale)
+        return out
+
+    def _commit(self, cand: _Candidate) -> None:
+        self.state = cand.state

@@ -1,0 +1,116 @@
+"""GuidanceTrace: what a guided sampling run did, per step and per sample, for plots, JSON and web events.
+
+One record per sampler step: the step index, sigma, the posterior p used at that step (DNG only) and the
+guidance scale used (DNG: lambda; negative prompting: its constant; SLD: its effective scale), each as a
+[concepts][batch] list of floats. Bounded: at most ``max_steps`` records and ``max_batch`` samples are kept,
+and ``truncated`` says when something was left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["StepRecord", "GuidanceTrace", "TRACE_FORMAT_VERSION"]
+
+TRACE_FORMAT_VERSION = 1
+
+
+def _rows(values: torch.Tensor | None, max_batch: int) -> list[list[float]] | None:
+    if values is None:
+        return None
+    v = values.detach().to("cpu", torch.float64)
+    v = v.reshape(1, -1) if v.dim() < 2 else v
+    return [[_finite(x) for x in row[:max_batch].tolist()] for row in v]
+
+
+def _finite(x: float) -> float:
+    # JSON has no inf/NaN; the core never produces them, but a trace must stay loadable regardless.
+    return x if math.isfinite(x) else (1e308 if x > 0 else (-1e308 if x < 0 else 0.0))
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    sigma: float
+    scale: list[list[float]]
+    p: list[list[float]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"step": self.step, "sigma": self.sigma, "scale": self.scale}
+        if self.p is not None:
+            out["p"] = self.p
+        return out
+
+
+@dataclass
+class GuidanceTrace:
+    """The record of one sampling run. ``method``: "dng", "np" or "sld"."""
+
+    method: str
+    batch_size: int
+    concepts: int = 1
+    params: dict[str, Any] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    total_steps: int | None = None
+    output_fingerprint: str | None = None
+    max_steps: int = 4096
+    max_batch: int = 64
+    truncated: bool = False
+
+    def record(self, step: int, sigma: float, scale: torch.Tensor, p: torch.Tensor | None = None) -> StepRecord | None:
+        """Append one step. scale, p: [K, B] or [B]. Returns the record, or None when the bound was hit."""
+        if len(self.steps) >= self.max_steps:
+            self.truncated = True
+            return None
+        if self.batch_size > self.max_batch:
+            self.truncated = True
+        rec = StepRecord(int(step), _finite(float(sigma)), _rows(scale, self.max_batch) or [],
+                         _rows(p, self.max_batch))
+        self.steps.append(rec)
+        return rec
+
+    def series(self, key: str) -> torch.Tensor:
+        """``"scale"`` or ``"p"`` as a tensor [steps, concepts, batch] (empty if nothing was recorded)."""
+        if key not in ("scale", "p"):
+            raise ValueError(f"key must be 'scale' or 'p', got {key!r}")
+        rows = [getattr(r, key) for r in self.steps if getattr(r, key) is not None]
+        return torch.tensor(rows, dtype=torch.float64) if rows else torch.zeros(0, self.concepts, 0)
+
+    def step_indices(self) -> list[int]:
+        return [r.step for r in self.steps]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "dng-trace",
+            "version": TRACE_FORMAT_VERSION,
+            "method": self.method,
+            "batch_size": self.batch_size,
+            "concepts": self.concepts,
+            "params": self.params,
+            "total_steps": self.total_steps,
+            "output_fingerprint": self.output_fingerprint,
+            "truncated": self.truncated,
+            "steps": [r.as_dict() for r in self.steps],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GuidanceTrace":
+        if data.get("format") != "dng-trace" or data.get("version") != TRACE_FORMAT_VERSION:
+            raise ValueError("not a dng-trace of version %d" % TRACE_FORMAT_VERSION)
+        trace = cls(method=data["method"], batch_size=int(data["batch_size"]), concepts=int(data["concepts"]),
+                    params=dict(data.get("params", {})), total_steps=data.get("total_steps"),
+                    output_fingerprint=data.get("output_fingerprint"), truncated=bool(data.get("truncated")))
+        trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p")) for s in data["steps"]]
+        return trace
+
+    @classmethod
+    def from_json(cls, text: str) -> "GuidanceTrace":
+        return cls.from_dict(json.loads(text))

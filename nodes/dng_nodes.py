@@ -1,0 +1,192 @@
+"""Dynamic Negative Guidance nodes: the KSampler model patch, the one-node sampler and the guider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from typing_extensions import override
+
+import comfy.samplers
+import node_helpers
+import nodes as comfy_nodes
+from comfy_api.latest import io
+
+from ..dng_core import DNGConfig, DNGRun, Parametrisation, TraceHistory
+from .inputs import TraceHandle, dng_config, dng_inputs, validate_dng_inputs
+from .patch import StepEvents, current_slot, install_run_wrapper, patch_model
+
+CATEGORY = "sampling/dng"
+
+
+def dng_run_factory(config: DNGConfig, concepts: int = 1):
+    def make_run(sigmas: torch.Tensor, parametrisation: Parametrisation, on_step) -> DNGRun:
+        return DNGRun(config, sigmas, concepts=concepts, parametrisation=parametrisation, on_step=on_step)
+    return make_run
+
+
+_EMPTY_TOOLTIP = ("The unconditional prompt: CLIPTextEncode with an empty text. DNG measures the negative "
+                  "concept against it, so it must not contain the concept.")
+
+
+class DynamicNegativeGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DynamicNegativeGuidance",
+            display_name="Dynamic Negative Guidance",
+            category=CATEGORY,
+            description="Patches a model so that the KSampler's negative prompt is applied with Dynamic Negative "
+                        "Guidance (Koulischer et al., ICLR 2025): the negative scale follows the tracked "
+                        "probability that the image contains the negative concept, so it switches itself off "
+                        "when the concept is absent. Connect the KSampler's negative to the concept to remove.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (left unchanged; a patched copy is output)."),
+                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                *dng_inputs(),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The patched model; use it in a KSampler whose "
+                                "negative input is the concept to remove."),
+                TraceHandle.Output(display_name="trace", tooltip="The guidance record of this model's runs; "
+                                   "connect to DNG Trace Plot together with the sampler's LATENT."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        return validate_dng_inputs(**kwargs)
+
+    @classmethod
+    def execute(cls, model, empty_conditioning, **params) -> io.NodeOutput:
+        config = dng_config(**params)
+        patched, history = patch_model(model, empty_conditioning, dng_run_factory(config),
+                                       cls.hidden.unique_id, "Dynamic Negative Guidance")
+        return io.NodeOutput(patched, history)
+
+
+class DNGSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DNGSampler",
+            display_name="DNG Sampler",
+            category=CATEGORY,
+            description="KSampler with Dynamic Negative Guidance built in: the negative prompt is removed "
+                        "dynamically instead of by a fixed negative scale. Same as Dynamic Negative Guidance "
+                        "followed by a KSampler.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for denoising the input latent."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="The random seed used for creating the noise."),
+                io.Int.Input("steps", default=20, min=1, max=10000,
+                             tooltip="The number of steps used in the denoising process."),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale towards the positive prompt. DNG "
+                                       "still acts at 1.0."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler_ancestral",
+                               tooltip="The sampling algorithm. Ancestral samplers match the paper's posterior "
+                                       "exactly; deterministic ones are supported (see posterior_variance)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                               tooltip="How the noise levels are spaced over the steps."),
+                io.Conditioning.Input("positive", tooltip="What the image should contain."),
+                io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
+                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Amount of denoising applied; lower values keep more of the input latent."),
+                *dng_inputs(),
+            ],
+            outputs=[
+                io.Latent.Output(display_name="LATENT", tooltip="The denoised latent."),
+                TraceHandle.Output(display_name="trace", tooltip="The guidance record; connect to DNG Trace "
+                                   "Plot together with this node's LATENT."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        return validate_dng_inputs(**kwargs)
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty_conditioning,
+                latent_image, denoise, **params) -> io.NodeOutput:
+        config = dng_config(**params)
+        patched, history = patch_model(model, empty_conditioning, dng_run_factory(config), cls.hidden.unique_id,
+                                       "DNG Sampler")
+        (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive,
+                                                negative, latent_image, denoise=denoise)
+        return io.NodeOutput(latent, history)
+
+
+class Guider_DNG(comfy.samplers.CFGGuider):
+    """CFGGuider whose prediction is DNG's rule; runs and traces come from the same wrapper as the patch."""
+
+    def set_conds(self, positive, negative, empty) -> None:
+        empty = node_helpers.conditioning_set_values(empty, {"prompt_type": "negative"})
+        self.inner_set_conds({"positive": positive, "negative": negative, "empty_negative_prompt": empty})
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        slot = current_slot(model_options)
+        conds = [self.conds.get("positive"), self.conds.get("negative"), self.conds.get("empty_negative_prompt")]
+        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        # sampling_function() is bypassed, so run the pre/post-CFG hooks other nodes registered (as PerpNegGuider).
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
+                      "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        d_pos, d_neg, d_empty = out
+        if slot is None:
+            raise RuntimeError("DNG guider: sampling started outside its run wrapper; report this as a bug.")
+        result = slot.run.guide(x, timestep, d_empty, d_pos, [d_neg], self.cfg)
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            result = fn({"denoised": result, "cond": conds[0], "uncond": conds[1], "cond_scale": self.cfg,
+                         "model": self.inner_model, "uncond_denoised": d_neg, "cond_denoised": d_pos,
+                         "sigma": timestep, "model_options": model_options, "input": x,
+                         "empty_cond": conds[2], "empty_cond_denoised": d_empty})
+        return result
+
+
+class DNGGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DNGGuider",
+            display_name="Dynamic Negative Guidance Guider",
+            category="sampling/custom_sampling/guiders",
+            description="A GUIDER for SamplerCustomAdvanced that applies CFG towards the positive prompt and "
+                        "Dynamic Negative Guidance away from the negative one, with the three predictions in "
+                        "one batched model call.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to guide (left unchanged)."),
+                io.Conditioning.Input("positive", tooltip="What the image should contain."),
+                io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
+                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale towards the positive prompt."),
+                *dng_inputs(),
+            ],
+            outputs=[
+                io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider."),
+                TraceHandle.Output(display_name="trace", tooltip="The guidance record; connect to DNG Trace "
+                                   "Plot together with the sampler's output LATENT."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        return validate_dng_inputs(**kwargs)
+
+    @classmethod
+    def execute(cls, model, positive, negative, empty_conditioning, cfg, **params) -> io.NodeOutput:
+        config = dng_config(**params)
+        patched = model.clone()
+        history = TraceHistory()
+        install_run_wrapper(patched, dng_run_factory(config), history, None,
+                            StepEvents(cls.hidden.unique_id, "DNG Guider"), "DNG Guider")
+        guider = Guider_DNG(patched)
+        guider.set_conds(positive, negative, empty_conditioning)
+        guider.set_cfg(cfg)
+        return io.NodeOutput(guider, history)

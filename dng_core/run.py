@@ -155,7 +155,15 @@ class GuidedRun(abc.ABC):
         if self.trace is not None and x_final is not None:
             self._end(x_final, self.aligner.sigmas[-1])
             self.trace.output_fingerprint = tensor_fingerprint(x_final)
+        if self.trace is not None:
+            self.trace.model_calls = self.model_calls
+            self.trace.state_updates = self.state_updates
         return self.trace
+
+    @property
+    def state_updates(self) -> int:
+        """Steps whose per-run state advanced (DNG overrides: posterior updates)."""
+        return self.steps_confirmed
 
     # ---- internals ---------------------------------------------------------------------------------
     def _confirm(self) -> None:
@@ -214,6 +222,10 @@ class DNGRun(GuidedRun):
     def posterior_updates(self) -> int:
         """Steps whose transition has been folded into the posterior (== steps after ``finish(x_final)``)."""
         return self.trackers[0].updates if self.trackers else 0
+
+    @property
+    def state_updates(self) -> int:
+        return self.posterior_updates
 
     def _begin(self, x: torch.Tensor) -> None:
         self.trackers = [PosteriorTracker(self.config.posterior, int(x.shape[0]), x.device, self.parametrisation)

@@ -49,7 +49,10 @@ class StepRecord:
 
 @dataclass
 class GuidanceTrace:
-    """The record of one sampling run. ``method``: "dng", "np" or "sld"."""
+    """The record of one sampling run. ``method``: "dng", "np" or "sld".
+
+    ``model_calls``: guided model evaluations; ``state_updates``: steps whose state (DNG: the posterior) advanced,
+    equal to the number of steps for a run that finished."""
 
     method: str
     batch_size: int
@@ -58,6 +61,8 @@ class GuidanceTrace:
     steps: list[StepRecord] = field(default_factory=list)
     total_steps: int | None = None
     output_fingerprint: str | None = None
+    model_calls: int = 0
+    state_updates: int = 0
     max_steps: int = 4096
     max_batch: int = 64
     truncated: bool = False
@@ -94,6 +99,8 @@ class GuidanceTrace:
             "params": self.params,
             "total_steps": self.total_steps,
             "output_fingerprint": self.output_fingerprint,
+            "model_calls": self.model_calls,
+            "state_updates": self.state_updates,
             "truncated": self.truncated,
             "steps": [r.as_dict() for r in self.steps],
         }
@@ -107,7 +114,8 @@ class GuidanceTrace:
             raise ValueError("not a dng-trace of version %d" % TRACE_FORMAT_VERSION)
         trace = cls(method=data["method"], batch_size=int(data["batch_size"]), concepts=int(data["concepts"]),
                     params=dict(data.get("params", {})), total_steps=data.get("total_steps"),
-                    output_fingerprint=data.get("output_fingerprint"), truncated=bool(data.get("truncated")))
+                    output_fingerprint=data.get("output_fingerprint"), truncated=bool(data.get("truncated")),
+                    model_calls=int(data.get("model_calls", 0)), state_updates=int(data.get("state_updates", 0)))
         trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p")) for s in data["steps"]]
         return trace
 

@@ -39,6 +39,9 @@ class NegativePromptingGuidance(io.ComfyNode):
             ],
             outputs=[_MODEL_OUT, _TRACE_OUT],
             hidden=[io.Hidden.unique_id],
+            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
+            # output of an identical node elsewhere in the graph.
+            not_idempotent=True,
         )
 
     @classmethod
@@ -85,6 +88,9 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
             ],
             outputs=[_MODEL_OUT, _TRACE_OUT],
             hidden=[io.Hidden.unique_id],
+            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
+            # output of an identical node elsewhere in the graph.
+            not_idempotent=True,
         )
 
     @classmethod

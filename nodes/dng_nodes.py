@@ -52,6 +52,9 @@ class DynamicNegativeGuidance(io.ComfyNode):
                                    "connect to DNG Trace Plot together with the sampler's LATENT."),
             ],
             hidden=[io.Hidden.unique_id],
+            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
+            # output of an identical node elsewhere in the graph.
+            not_idempotent=True,
         )
 
     @classmethod
@@ -104,6 +107,9 @@ class DNGSampler(io.ComfyNode):
                                    "Plot together with this node's LATENT."),
             ],
             hidden=[io.Hidden.unique_id],
+            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
+            # output of an identical node elsewhere in the graph.
+            not_idempotent=True,
         )
 
     @classmethod
@@ -173,6 +179,9 @@ class DNGGuider(io.ComfyNode):
                                    "Plot together with the sampler's output LATENT."),
             ],
             hidden=[io.Hidden.unique_id],
+            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
+            # output of an identical node elsewhere in the graph.
+            not_idempotent=True,
         )
 
     @classmethod

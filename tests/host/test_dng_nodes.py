@@ -1,0 +1,309 @@
+"""The pack's nodes in a real ComfyUI (in-process, real executor and cache) with the tiny random-weight SD1.5
+checkpoint. Random weights prove plumbing: step counts, batching, caching, traces; not image quality."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.support import host as H
+
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "uni_pc", "ddim",
+            "lcm"]
+TWO_CALLS_PER_STEP = {"heun", "dpmpp_2s_ancestral"}
+PRIOR = 0.01
+
+
+def dng_prompt(*, sampler="euler", steps=4, cfg=7.0, seed=0, batch_size=1, lambda0=5.0, prior=PRIOR,
+               node="DynamicNegativeGuidance", **dng) -> dict:
+    """txt2img with the DNG patch between the loader and the KSampler; "8" = empty prompt, "10" = patch,
+    "11" = trace plot of KSampler "5"."""
+    p = H.txt2img_prompt(sampler_name=sampler, steps=steps, cfg=cfg, seed=seed, batch_size=batch_size,
+                         negative="a dog", filename_prefix="dng_test")
+    p["8"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}}
+    params = {"lambda0": lambda0, "prior": prior, "temperature": 0.2, "offset": 2e-4, "p_min": 1e-6,
+              "p_max": 0.8, "posterior_variance": "kernel"}
+    params.update(dng)
+    p["10"] = {"class_type": node, "inputs": {"model": ["1", 0], "empty_conditioning": ["8", 0], **params}}
+    p["5"]["inputs"]["model"] = ["10", 0]
+    p["11"] = {"class_type": "DNGTracePlot", "inputs": {"trace": ["10", 1], "latent": ["5", 0], "log_scale": False,
+                                                       "save_json": False, "filename_prefix": "dng_trace",
+                                                       "width": 256, "height": 256}}
+    return p
+
+
+def starts_at_prior(trace) -> bool:
+    p0 = trace.series("p")[0]
+    return bool(torch.allclose(p0, torch.full_like(p0, PRIOR), rtol=1e-12))
+
+
+def run_ok(runner, prompt):
+    return runner.run(prompt, check=True)
+
+
+def latent_of(runner, node_id="5") -> torch.Tensor:
+    return runner.output_of(node_id)[0][0]["samples"]
+
+
+def trace_of(runner, latent_node="5", patch_node="10"):
+    history = runner.output_of(patch_node)[1][0]
+    trace = history.find(latent_of(runner, latent_node))
+    assert trace is not None, "no recorded run matches the sampler's latent"
+    return trace
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_posterior_advances_once_per_step(prompt_runner, pack_nodes, sampler):
+    steps = 4
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=steps, seed=11))
+    trace = trace_of(prompt_runner)
+    print(f"{sampler}: steps={steps} model_calls={trace.model_calls} posterior_updates={trace.state_updates} "
+          f"trace_len={len(trace.steps)}")
+    assert trace.state_updates == steps
+    assert len(trace.steps) == steps
+    assert trace.step_indices() == list(range(steps))
+    expected_calls = 2 * steps - 1 if sampler in TWO_CALLS_PER_STEP else steps
+    if sampler == "uni_pc":
+        assert steps <= trace.model_calls <= steps + 1
+    else:
+        assert trace.model_calls == expected_calls
+    p = trace.series("p")
+    assert torch.allclose(p[0], torch.full_like(p[0], PRIOR)), "every run starts from the prior"
+    assert not torch.allclose(p[1:], torch.full_like(p[1:], PRIOR)), "the posterior never moved"
+    lam = trace.series("scale")
+    assert torch.allclose(lam, 5.0 * p / (1 - p), rtol=1e-9)
+
+
+def test_batch_elements_keep_separate_posteriors(prompt_runner, pack_nodes):
+    # euler: the only randomness is the initial noise, which ComfyUI draws for the whole batch in one call, so
+    # element 0 of a batch of 3 starts from the batch-1 noise.
+    run_ok(prompt_runner, dng_prompt(sampler="euler", steps=6, seed=3, batch_size=1))
+    single = trace_of(prompt_runner).series("p")[:, 0, :]
+    run_ok(prompt_runner, dng_prompt(sampler="euler", steps=6, seed=3, batch_size=3))
+    batch = trace_of(prompt_runner).series("p")[:, 0, :]
+    assert batch.shape == (6, 3)
+    # Element 0's posterior must match the batch-1 posterior, whatever the other elements do.
+    torch.testing.assert_close(batch[:, 0], single[:, 0], rtol=1e-3, atol=1e-9)
+    print("p per step and element:\n", batch)
+    assert not torch.allclose(batch[:, 0], batch[:, 1]) and not torch.allclose(batch[:, 1], batch[:, 2])
+
+
+def test_every_run_starts_from_the_prior_with_cached_patch(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, dng_prompt(sampler="euler_ancestral", seed=21))
+    history = prompt_runner.output_of("10")[1][0]
+    first = trace_of(prompt_runner)
+    res = run_ok(prompt_runner, dng_prompt(sampler="euler_ancestral", seed=22))
+    assert "10" in res.cached_nodes, "the patch node should come from the cache on the second prompt"
+    assert prompt_runner.output_of("10")[1][0] is history
+    second = trace_of(prompt_runner)
+    assert second is not first
+    assert starts_at_prior(first) and starts_at_prior(second)
+
+
+def test_two_ksamplers_sharing_a_patched_model_keep_separate_traces(prompt_runner, pack_nodes):
+    p = dng_prompt(sampler="euler_ancestral", seed=31)
+    p["20"] = json.loads(json.dumps(p["5"]))
+    p["20"]["inputs"]["seed"] = 32
+    p["21"] = {"class_type": "DNGTracePlot", "inputs": {**p["11"]["inputs"], "latent": ["20", 0]}}
+    run_ok(prompt_runner, p)
+    a, b = trace_of(prompt_runner, "5"), trace_of(prompt_runner, "20")
+    assert a is not b and a.output_fingerprint != b.output_fingerprint
+    assert len(a.steps) == len(b.steps) == 4
+    assert starts_at_prior(a) and starts_at_prior(b)
+    assert not torch.equal(a.series("p"), b.series("p"))
+
+
+def test_input_model_is_left_untouched(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, dng_prompt())
+    original = prompt_runner.output_of("1")[0][0]
+    patched = prompt_runner.output_of("10")[0][0]
+    assert patched is not original
+    assert "sampler_cfg_function" not in original.model_options
+    assert "sampler_calc_cond_batch_function" not in original.model_options
+    assert not any("dng" in str(k) for w in original.wrappers.values() for k in w)
+    assert "sampler_cfg_function" in patched.model_options
+    assert patched.model_options.get("disable_cfg1_optimization") is True
+
+
+def test_dng_still_acts_at_cfg_one(prompt_runner, pack_nodes):
+    p = dng_prompt(cfg=1.0, seed=41, prior=0.5)  # prior 0.5: lambda = lambda0 from the first step
+    run_ok(prompt_runner, p)
+    guided = latent_of(prompt_runner).clone()
+    trace = trace_of(prompt_runner)
+    assert trace.steps[0].scale == [[pytest.approx(5.0)]]
+    plain = H.txt2img_prompt(cfg=1.0, seed=41, negative="a dog", filename_prefix="dng_test")
+    run_ok(prompt_runner, plain)
+    assert not torch.allclose(guided, latent_of(prompt_runner), atol=1e-3)
+
+
+def test_lambda0_zero_equals_plain_ksampler_with_empty_negative(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, dng_prompt(lambda0=0.0, seed=51, cfg=6.0))
+    dng = latent_of(prompt_runner).clone()
+    plain = H.txt2img_prompt(cfg=6.0, seed=51, negative="", filename_prefix="dng_test")
+    run_ok(prompt_runner, plain)
+    ref = latent_of(prompt_runner)
+    torch.testing.assert_close(dng, ref, rtol=1e-4, atol=1e-4)
+    # and with lambda0 > 0 the negative does change the result (the test above could not pass vacuously)
+    run_ok(prompt_runner, dng_prompt(lambda0=5.0, prior=0.5, seed=51, cfg=6.0))
+    assert not torch.allclose(latent_of(prompt_runner), ref, atol=1e-3)
+
+
+def test_post_cfg_hooks_of_other_nodes_keep_running(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, dng_prompt(seed=61))
+    alone = latent_of(prompt_runner).clone()
+    p = dng_prompt(seed=61)
+    p["12"] = {"class_type": "CFGNorm", "inputs": {"model": ["1", 0], "strength": 0.5}}  # a post-CFG function
+    p["10"]["inputs"]["model"] = ["12", 0]
+    res = run_ok(prompt_runner, p)
+    assert not res.events_of("dng.warning")
+    assert not torch.allclose(alone, latent_of(prompt_runner), atol=1e-4)
+    assert prompt_runner.output_of("10")[0][0].model_options.get("sampler_post_cfg_function")
+
+
+def test_replacing_another_nodes_cfg_function_is_announced(prompt_runner, pack_nodes, recorder):
+    p = dng_prompt(seed=62)
+    p["12"] = {"class_type": "RescaleCFG", "inputs": {"model": ["1", 0], "multiplier": 0.7}}  # the one CFG slot
+    p["10"]["inputs"]["model"] = ["12", 0]
+    res = run_ok(prompt_runner, p)
+    messages = [e.data["message"] for e in res.events_of("dng.warning")]
+    assert any("replaces a CFG function" in m for m in messages)
+
+
+def test_ksampler_advanced_passes_each_start_from_the_prior(prompt_runner, pack_nodes):
+    p = dng_prompt(sampler="euler_ancestral", seed=71, steps=6)
+    common = {"model": ["10", 0], "noise_seed": 71, "steps": 6, "cfg": 7.0, "sampler_name": "euler_ancestral",
+              "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0]}
+    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {**common, "add_noise": "enable", "latent_image": ["4", 0],
+              "start_at_step": 0, "end_at_step": 3, "return_with_leftover_noise": "enable"}}
+    p["20"] = {"class_type": "KSamplerAdvanced", "inputs": {**common, "add_noise": "disable", "latent_image": ["5", 0],
+               "start_at_step": 3, "end_at_step": 6, "return_with_leftover_noise": "disable"}}
+    p["6"]["inputs"]["samples"] = ["20", 0]
+    run_ok(prompt_runner, p)
+    first, second = trace_of(prompt_runner, "5"), trace_of(prompt_runner, "20")
+    assert len(first.steps) == len(second.steps) == 3
+    assert first.state_updates == second.state_updates == 3
+    assert starts_at_prior(first) and starts_at_prior(second)
+
+
+def test_trace_plot_outputs_image_and_json(prompt_runner, pack_nodes, host):
+    p = dng_prompt(sampler="euler_ancestral", seed=81, batch_size=2)
+    p["11"]["inputs"].update({"save_json": True, "filename_prefix": "dng_trace_test", "log_scale": True})
+    res = run_ok(prompt_runner, p)
+    image, text = prompt_runner.output_of("11")[0][0], prompt_runner.output_of("11")[1][0]
+    assert image.shape == (1, 256, 256, 3) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05
+    data = json.loads(text)
+    assert data["method"] == "dng" and data["batch_size"] == 2 and len(data["steps"]) == 4
+    previews = res.images("11")
+    assert previews and previews[0].exists()
+    saved = sorted((host.folder_paths.get_output_directory() and
+                    __import__("pathlib").Path(host.folder_paths.get_output_directory())).glob("dng_trace_test_*.json"))
+    assert saved and json.loads(saved[-1].read_text())["steps"] == data["steps"]
+
+
+def test_dng_sampler_node_matches_patch_plus_ksampler(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, dng_prompt(sampler="euler_ancestral", seed=91))
+    via_patch = latent_of(prompt_runner).clone()
+    p = dng_prompt(sampler="euler_ancestral", seed=91)
+    ks = p["5"]["inputs"]
+    p["5"] = {"class_type": "DNGSampler", "inputs": {
+        **{k: ks[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                              "latent_image", "denoise")},
+        "model": ["1", 0], "empty_conditioning": ["8", 0],
+        **{k: v for k, v in p["10"]["inputs"].items() if k not in ("model", "empty_conditioning")}}}
+    p["11"]["inputs"]["trace"] = ["5", 1]
+    del p["10"]
+    run_ok(prompt_runner, p)
+    torch.testing.assert_close(latent_of(prompt_runner), via_patch)
+    trace = prompt_runner.output_of("5")[1][0].find(latent_of(prompt_runner))
+    assert trace is not None and len(trace.steps) == 4 and trace.state_updates == 4
+
+
+def guider_prompt(sampler="heun", steps=4, seed=5, cfg=5.0) -> dict:
+    p = dng_prompt(steps=steps, seed=seed)
+    p["10"] = {"class_type": "DNGGuider", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "empty_conditioning": ["8", 0], "cfg": cfg,
+        **{k: v for k, v in p["10"]["inputs"].items() if k not in ("model", "empty_conditioning")}}}
+    p["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
+    p["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}}
+    p["14"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
+    p["5"] = {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["14", 0], "guider": ["10", 0],
+              "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["4", 0]}}
+    return p
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "heun"])
+def test_guider_with_sampler_custom_advanced(prompt_runner, pack_nodes, sampler):
+    run_ok(prompt_runner, guider_prompt(sampler=sampler))
+    trace = trace_of(prompt_runner)
+    assert len(trace.steps) == 4 and trace.state_updates == 4
+    assert trace.model_calls == (7 if sampler == "heun" else 4)
+    assert starts_at_prior(trace)
+
+
+def test_guider_equals_patch_with_ksampler(prompt_runner, pack_nodes):
+    run_ok(prompt_runner, guider_prompt(sampler="euler", seed=6, cfg=5.0))
+    via_guider = latent_of(prompt_runner).clone()
+    run_ok(prompt_runner, dng_prompt(sampler="euler", seed=6, cfg=5.0))
+    torch.testing.assert_close(latent_of(prompt_runner), via_guider, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("node,params,method", [
+    ("DNGNegativePrompting", {"scale": 0.5}, "np"),
+    ("DNGSafeLatentDiffusion", {"preset": "strong", "warmup": 10, "safety_scale": 1000.0, "threshold": 0.01,
+                                "momentum_scale": 0.3, "momentum_beta": 0.4}, "sld"),
+])
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_baseline_patches_record_one_scale_per_step(prompt_runner, pack_nodes, node, params, method, sampler):
+    p = dng_prompt(sampler=sampler, seed=101)
+    p["10"] = {"class_type": node, "inputs": {"model": ["1", 0], "empty_conditioning": ["8", 0], **params}}
+    run_ok(prompt_runner, p)
+    trace = trace_of(prompt_runner)
+    assert trace.method == method and len(trace.steps) == 4 and trace.state_updates == 4
+    scale = trace.series("scale")
+    assert scale.shape == (4, 1, 1) and torch.isfinite(scale).all()
+    if method == "np":
+        assert torch.all(scale == 0.5)
+    else:  # strong preset: warm-up 7 > 4 steps, so no safety term yet
+        assert torch.all(scale == 0.0)
+
+
+def test_bypassed_patch_warns(prompt_runner, pack_nodes, recorder):
+    p = guider_prompt(sampler="euler")
+    p["10"] = {"class_type": "PerpNegGuider", "inputs": {"model": ["15", 0], "positive": ["2", 0],
+               "negative": ["3", 0], "empty_conditioning": ["8", 0], "cfg": 5.0, "neg_scale": 1.0}}
+    p["15"] = {"class_type": "DynamicNegativeGuidance", "inputs": {
+        "model": ["1", 0], "empty_conditioning": ["8", 0], "lambda0": 5.0, "prior": PRIOR, "temperature": 0.2,
+        "offset": 2e-4, "p_min": 1e-6, "p_max": 0.8, "posterior_variance": "kernel"}}
+    del p["11"]
+    res = run_ok(prompt_runner, p)
+    warnings = [e.data["message"] for e in res.events_of("dng.warning")]
+    assert warnings and "did not run" in warnings[0]
+
+
+def test_live_step_events_reach_the_client(prompt_runner, pack_nodes):
+    res = run_ok(prompt_runner, dng_prompt(sampler="euler_ancestral", seed=111, batch_size=2))
+    starts = res.events_of("dng.run_start")
+    steps = res.events_of("dng.step")
+    assert len(starts) == 1 and starts[0].data["node"] == "10" and starts[0].data["total_steps"] == 4
+    assert [e.data["step"] for e in steps] == [0, 1, 2, 3]
+    assert all(e.sid == "dng-tests" for e in steps)
+    assert len(steps[0].data["scale"][0]) == 2 and len(steps[0].data["p"][0]) == 2
+
+
+@pytest.mark.parametrize("inputs,needle", [
+    ({"p_min": 0.6, "p_max": 0.55}, "p_min"),
+    ({"prior": 0.9, "p_max": 0.8}, "prior"),
+    ({"lambda0": -1.0}, "lambda0"),
+    ({"temperature": 0.0}, "temperature"),
+])
+def test_bad_input_is_a_validation_error_naming_the_input(prompt_runner, pack_nodes, inputs, needle):
+    res = prompt_runner.run(dng_prompt(**inputs))
+    assert not res.valid
+    text = json.dumps(res.node_errors) + json.dumps(res.validation_error)
+    assert needle in text
+    assert "Traceback" not in text

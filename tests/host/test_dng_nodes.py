@@ -10,29 +10,11 @@ import pytest
 import torch
 
 from tests.support import host as H
+from tests.support.prompts import PRIOR, dng_prompt, guider_prompt
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "uni_pc", "ddim",
             "lcm"]
 TWO_CALLS_PER_STEP = {"heun", "dpmpp_2s_ancestral"}
-PRIOR = 0.01
-
-
-def dng_prompt(*, sampler="euler", steps=4, cfg=7.0, seed=0, batch_size=1, lambda0=5.0, prior=PRIOR,
-               node="DynamicNegativeGuidance", **dng) -> dict:
-    """txt2img with the DNG patch between the loader and the KSampler; "8" = empty prompt, "10" = patch,
-    "11" = trace plot of KSampler "5"."""
-    p = H.txt2img_prompt(sampler_name=sampler, steps=steps, cfg=cfg, seed=seed, batch_size=batch_size,
-                         negative="a dog", filename_prefix="dng_test")
-    p["8"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}}
-    params = {"lambda0": lambda0, "prior": prior, "temperature": 0.2, "offset": 2e-4, "p_min": 1e-6,
-              "p_max": 0.8, "posterior_variance": "kernel"}
-    params.update(dng)
-    p["10"] = {"class_type": node, "inputs": {"model": ["1", 0], "empty_conditioning": ["8", 0], **params}}
-    p["5"]["inputs"]["model"] = ["10", 0]
-    p["11"] = {"class_type": "DNGTracePlot", "inputs": {"trace": ["10", 1], "latent": ["5", 0], "log_scale": False,
-                                                       "save_json": False, "filename_prefix": "dng_trace",
-                                                       "width": 256, "height": 256}}
-    return p
 
 
 def starts_at_prior(trace) -> bool:
@@ -220,20 +202,6 @@ def test_dng_sampler_node_matches_patch_plus_ksampler(prompt_runner, pack_nodes)
     torch.testing.assert_close(latent_of(prompt_runner), via_patch)
     trace = prompt_runner.output_of("5")[1][0].find(latent_of(prompt_runner))
     assert trace is not None and len(trace.steps) == 4 and trace.state_updates == 4
-
-
-def guider_prompt(sampler="heun", steps=4, seed=5, cfg=5.0) -> dict:
-    p = dng_prompt(steps=steps, seed=seed)
-    p["10"] = {"class_type": "DNGGuider", "inputs": {
-        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "empty_conditioning": ["8", 0], "cfg": cfg,
-        **{k: v for k, v in p["10"]["inputs"].items() if k not in ("model", "empty_conditioning")}}}
-    p["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}}
-    p["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": steps,
-                                                          "denoise": 1.0}}
-    p["14"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
-    p["5"] = {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["14", 0], "guider": ["10", 0],
-              "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["4", 0]}}
-    return p
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "heun"])

@@ -1,0 +1,64 @@
+"""The pack in a real ComfyUI server over HTTP: node listing with tooltips, a DNG prompt end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from tests.support.prompts import dng_prompt
+from tests.support.server import PromptRejected
+
+PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGTracePlot", "DNGNegativePrompting",
+              "DNGSafeLatentDiffusion"]
+
+
+def _valid_png(raw: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(raw)) as im:
+        im.verify()
+    with Image.open(io.BytesIO(raw)) as im:
+        return im.size
+
+
+def test_object_info_lists_every_node_with_tooltips(server_pack_nodes):
+    assert sorted(server_pack_nodes) == sorted(PACK_NODES)
+    for name, info in server_pack_nodes.items():
+        assert info["description"], name
+        assert info["category"].startswith("sampling/"), name
+        for section in ("required", "optional"):
+            for inp, spec in info["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+        assert all(info["output_tooltips"]), name
+
+
+def test_dng_prompt_over_http_saves_image_and_plot(comfy_server, server_pack_nodes):
+    prompt = dng_prompt(sampler="euler_ancestral", steps=5, seed=7, batch_size=2, filename_prefix="dng_http")
+    prompt["11"]["inputs"]["save_json"] = True
+    with comfy_server.websocket() as ws:
+        pid = comfy_server.queue(prompt, client_id=ws.client_id)
+        ws.wait_done(pid, timeout=180)
+        entry = comfy_server.wait(pid, timeout=60)
+        steps = [m["data"] for m in ws.of("dng.step")]
+        starts = ws.of("dng.run_start")
+    assert entry["status"]["status_str"] == "success"
+    saved = entry["outputs"]["7"]["images"]
+    assert len(saved) == 2 and all(_valid_png(comfy_server.view(img)) == (64, 64) for img in saved)
+    (plot,) = entry["outputs"]["11"]["images"]
+    assert _valid_png(comfy_server.view(plot)) == (256, 256)
+    # the live events went to this client: one run start, one event per step, two samples each
+    assert len(starts) == 1 and starts[0]["data"]["node"] == "10"
+    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
+    assert all(len(s["scale"][0]) == 2 and len(s["p"][0]) == 2 for s in steps)
+    traces = sorted((comfy_server.base_dir / "output").glob("dng_trace_*.json"))
+    assert traces and len(json.loads(traces[-1].read_text())["steps"]) == 5
+
+
+def test_bad_input_over_http_is_rejected_with_the_input_named(comfy_server, server_pack_nodes):
+    with pytest.raises(PromptRejected) as err:
+        comfy_server.queue(dng_prompt(p_min=0.6, p_max=0.55))
+    text = json.dumps(err.value.body)
+    assert "p_min" in text and "Traceback" not in text

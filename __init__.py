@@ -1,24 +1,13 @@
-"""Dynamic Negative Guidance for ComfyUI (custom node pack entry point)."""
+"""Dynamic Negative Guidance for ComfyUI (custom node pack entry point).
 
-from __future__ import annotations
+ComfyUI imports this package from custom_nodes/ and calls ``comfy_entrypoint``. Outside ComfyUI (pytest collects
+the repository root as a package; packaging tools read it) there is no ``comfy_api`` and nothing to register, so
+the nodes are only imported when the host is there; errors inside the pack still surface in ComfyUI.
+"""
 
-from typing_extensions import override
-
-from comfy_api.latest import ComfyExtension, io
-
-from .nodes.baseline_nodes import NegativePromptingGuidance, SafeLatentDiffusionGuidance
-from .nodes.dng_nodes import DNGGuider, DNGSampler, DynamicNegativeGuidance
-from .nodes.trace_nodes import DNGTracePlot
+import importlib.util
 
 WEB_DIRECTORY = "./web"
 
-
-class DNGExtension(ComfyExtension):
-    @override
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [DynamicNegativeGuidance, DNGSampler, DNGGuider, DNGTracePlot, NegativePromptingGuidance,
-                SafeLatentDiffusionGuidance]
-
-
-async def comfy_entrypoint() -> DNGExtension:
-    return DNGExtension()
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes.registry import comfy_entrypoint  # noqa: F401

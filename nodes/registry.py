@@ -1,0 +1,24 @@
+"""The pack's node list, as ComfyUI's V3 extension entry point."""
+
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .baseline_nodes import NegativePromptingGuidance, SafeLatentDiffusionGuidance
+from .dng_nodes import DNGGuider, DNGSampler, DynamicNegativeGuidance
+from .trace_nodes import DNGTracePlot
+
+NODES: list[type[io.ComfyNode]] = [DynamicNegativeGuidance, DNGSampler, DNGGuider, DNGTracePlot,
+                                   NegativePromptingGuidance, SafeLatentDiffusionGuidance]
+
+
+class DNGExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> DNGExtension:
+    return DNGExtension()

@@ -1,0 +1,296 @@
+"""A tiny, download-free checkpoint that ComfyUI detects as Stable Diffusion 1.5.
+
+Everything is built from the host's own classes (``comfy.supported_models.SD15``, its CLIP-L text
+encoder ``SD1ClipModel`` and ``comfy.taesd.taesd.TAESD``) and filled with seeded random weights, then
+written with the host's own key conventions (``process_*_state_dict_for_saving``):
+
+* UNet: model_channels 320, context_dim 768, channel_mult [1], num_res_blocks [1], transformer_depth [1],
+  no middle block (18.7 M parameters). ``model.diffusion_model.*``
+* CLIP-L: the full, fixed 123 M-parameter text encoder. Every key the host loads is present (weights missing
+  from a checkpoint are left as uninitialised memory by the host). ``cond_stage_model.transformer.text_model.*``
+* VAE: TAESD (2.45 M parameters, encoder + decoder). ``first_stage_model.taesd_*`` plus
+  ``first_stage_model.vae_scale`` = 0.18215 / ``vae_shift`` = 0, the values ComfyUI's VAELoader gives TAESD for
+  SD1.x latents.
+
+Cross-attention outputs are scaled by 0.3 so that conditioning perturbs the prediction (~10%) rather than
+replacing it. The UNet's output conv and the TAESD decoder's last conv are calibrated with one forward pass each so that the
+noise prediction has std ~1 and decoded pixels stay mostly inside [-1, 1]: outputs are finite and O(1).
+Random weights test plumbing only; they say nothing about image quality or guidance effects.
+
+CLI::
+
+    python -m tests.support.tiny_checkpoint OUT.safetensors [--seed N]
+    python -m tests.support.tiny_checkpoint --cached [--seed N]      # print (and build if needed) the cache path
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+# Bump when the builder's output changes (it is part of the cache key).
+BUILDER_VERSION = 1
+
+from .host import HOST_DIR, REPO_ROOT  # stdlib-only module; the host itself is imported lazily
+CACHE_DIR = REPO_ROOT / ".cache" / "tiny_checkpoints"
+
+# The UNet config ComfyUI's detector (comfy/model_detection.py) derives from the state dict we write.
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "adm_in_channels": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1],
+    "transformer_depth": [1],
+    "transformer_depth_output": [1, 1],
+    "channel_mult": [1],
+    "transformer_depth_middle": -2,  # -2: no middle block
+    "use_linear_in_transformer": False,
+    "context_dim": 768,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+}
+
+CROSS_ATTN_SCALE = 0.3
+TAESD_SD1_SCALE = 0.18215  # what nodes.VAELoader.load_taesd sets for taesd (SD1.x)
+
+
+def host_version(host_dir: Path = HOST_DIR) -> str:
+    """ComfyUI version of the host tree, read without importing it."""
+    text = (Path(host_dir) / "comfyui_version.py").read_text()
+    m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", text)
+    if not m:
+        raise RuntimeError(f"no __version__ in {host_dir}/comfyui_version.py")
+    return m.group(1)
+
+
+def cache_path(seed: int = 0) -> Path:
+    return CACHE_DIR / f"tiny_sd15-comfy{host_version()}-seed{seed}-b{BUILDER_VERSION}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building
+
+
+def _key_generator(seed: int, key: str):
+    import torch
+
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(h[:8], "little") & ((1 << 63) - 1))
+    return g
+
+
+def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False) -> dict:
+    """Seeded random fp32 tensors for every parameter/buffer of ``module`` (which may live on 'meta').
+
+    Norm layers get weight 1 / bias 0, embeddings N(0, 0.02) (position embeddings 0.01), linear and conv
+    weights N(0, gain/sqrt(fan_in)) with zero bias; anything else N(0, 0.02).
+    """
+    import torch
+
+    out: dict[str, "torch.Tensor"] = {}
+    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d)
+    for mod_name, mod in module.named_modules():
+        local = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+        for pname, p in local:
+            key = f"{mod_name}.{pname}" if mod_name else pname
+            if p is None:
+                continue
+            shape = tuple(p.shape)
+            g = _key_generator(seed, prefix + key)
+            if isinstance(mod, norm_types):
+                t = torch.ones(shape) if pname == "weight" else torch.zeros(shape)
+            elif isinstance(mod, torch.nn.Embedding):
+                std = 0.01 if "position" in key else 0.02
+                t = torch.randn(shape, generator=g) * std
+            elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+                if pname == "weight":
+                    fan_in = max(1, math.prod(shape[1:]))
+                    gain = math.sqrt(2.0) if relu_gain else 1.0
+                    t = torch.randn(shape, generator=g) * (gain / math.sqrt(fan_in))
+                else:
+                    t = torch.zeros(shape)
+            else:
+                t = torch.randn(shape, generator=g) * 0.02
+            out[key] = t
+    return out
+
+
+def build_state_dict(seed: int = 0, log=print) -> dict:
+    """The full checkpoint state dict (fp16 tensors, host key names). Needs the host importable."""
+    from .host import import_host
+
+    import_host(builtin_nodes=False)
+    import torch
+    import comfy.ops
+    import comfy.supported_models
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    t0 = time.perf_counter()
+    model_config = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
+    ops = comfy.ops.disable_weight_init
+
+    with torch.inference_mode(False), torch.no_grad():
+        # --- UNet: build on meta to get the exact module tree, fill, calibrate on CPU -----------------------
+        unet_meta = UNetModel(**model_config.unet_config, device="meta", operations=ops)
+        unet_sd = _fill_module(unet_meta, seed, "unet.")
+        # Conditioning as a perturbation, as in a trained model: two random contexts then change eps by ~10%
+        # (about 35% at full scale), so cfg 7 does not dwarf the prediction itself.
+        for k in unet_sd:
+            if ".attn2.to_out.0.weight" in k:
+                unet_sd[k] = unet_sd[k] * CROSS_ATTN_SCALE
+        unet = UNetModel(**model_config.unet_config, device="cpu", operations=ops)
+        unet.load_state_dict(unet_sd, strict=True, assign=True)
+        unet.eval()
+        g = _key_generator(seed, "unet.calibration")
+        x = torch.randn(2, 4, 8, 8, generator=g)
+        ts = torch.tensor([999.0, 500.0])
+        ctx = torch.randn(2, 77, 768, generator=g)
+        y = unet(x, ts, context=ctx)
+        std = float(y.float().std())
+        if not math.isfinite(std) or std == 0:
+            raise RuntimeError(f"tiny UNet calibration failed (std={std})")
+        unet_sd["out.2.weight"] = unet_sd["out.2.weight"] / std
+        unet_sd["out.2.bias"] = torch.zeros_like(unet_sd["out.2.bias"])
+        del unet
+        log(f"tiny_checkpoint: UNet {sum(v.numel() for v in unet_sd.values())/1e6:.2f} M params, "
+            f"raw eps std {std:.3g} -> 1")
+
+        # --- CLIP-L: the host's own text encoder class for SD15 ---------------------------------------------
+        clip_target = model_config.clip_target(state_dict={})
+        clip_meta = clip_target.clip(device="meta", dtype=torch.float32)
+        clip_sd = _fill_module(clip_meta, seed, "clip.")
+        for k in list(clip_sd):
+            if k.endswith("logit_scale"):
+                clip_sd[k] = torch.tensor(4.6055)
+            elif k.endswith("text_projection.weight"):
+                clip_sd[k] = torch.eye(clip_sd[k].shape[0])
+        log(f"tiny_checkpoint: CLIP {sum(v.numel() for v in clip_sd.values())/1e6:.2f} M params")
+
+        # --- TAESD VAE -----------------------------------------------------------------------------------
+        taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+        vae_sd = _fill_module(taesd, seed, "vae.", relu_gain=True)
+        vae_sd["vae_scale"] = torch.tensor(TAESD_SD1_SCALE)
+        vae_sd["vae_shift"] = torch.tensor(0.0)
+        taesd.load_state_dict(vae_sd, strict=True, assign=True)
+        taesd.eval()
+        gv = _key_generator(seed, "vae.calibration")
+        z = torch.randn(1, 4, 8, 8, generator=gv) / TAESD_SD1_SCALE
+        img = taesd.taesd_decoder(z * TAESD_SD1_SCALE)
+        last = max(k for k in vae_sd if k.startswith("taesd_decoder.") and k.endswith(".weight")
+                   and vae_sd[k].dim() == 4 and vae_sd[k].shape[0] == 3)
+        # decode() returns (dec - 0.5) * 2; aim for pixels ~ N(0.5, 0.2) i.e. mostly inside [0, 1].
+        dstd = float(img.float().std())
+        if not math.isfinite(dstd) or dstd == 0:
+            raise RuntimeError(f"tiny TAESD calibration failed (std={dstd})")
+        vae_sd[last] = vae_sd[last] * (0.2 / dstd)
+        bias_key = last[: -len("weight")] + "bias"
+        if bias_key in vae_sd:
+            vae_sd[bias_key] = torch.full_like(vae_sd[bias_key], 0.5)
+        del taesd
+        log(f"tiny_checkpoint: TAESD {sum(v.numel() for v in vae_sd.values())/1e6:.2f} M params")
+
+    # --- the host's own key conventions for an SD1.x checkpoint ------------------------------------------
+    sd: dict = {}
+    sd.update(model_config.process_clip_state_dict_for_saving(clip_sd))
+    sd.update(model_config.process_vae_state_dict_for_saving(vae_sd))
+    sd.update(model_config.process_unet_state_dict_for_saving(unet_sd))
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    log(f"tiny_checkpoint: {len(sd)} tensors built in {time.perf_counter() - t0:.1f} s")
+    return sd
+
+
+def build_tiny_sd15_checkpoint(path, seed: int = 0, log=print) -> Path:
+    """Write the tiny SD1.5 checkpoint to ``path`` (atomically) and return it."""
+    path = Path(path)
+    sd = build_state_dict(seed=seed, log=log)  # imports the host first
+    import comfy.utils
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    metadata = {
+        "dng.tiny_checkpoint": json.dumps({"seed": seed, "builder": BUILDER_VERSION, "host": host_version()}),
+    }
+    t0 = time.perf_counter()
+    comfy.utils.save_torch_file(sd, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    log(f"tiny_checkpoint: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(lock_path: Path):
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def get_tiny_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:
+    """Path of the cached tiny checkpoint, building it first if needed (under a file lock).
+
+    Cached under ``.cache/tiny_checkpoints/`` keyed by host version, seed and BUILDER_VERSION. If the host is
+    not already imported in this process the build runs in a subprocess (``in_process=None``), so that a
+    caller that only drives a server does not import torch/comfy itself.
+    """
+    path = cache_path(seed)
+    if path.exists():
+        return path
+    with _file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            return path
+        if in_process is None:
+            in_process = "comfy.model_management" in sys.modules
+        if in_process:
+            build_tiny_sd15_checkpoint(path, seed=seed, log=log)
+        else:
+            import subprocess
+
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            env.pop("PYTHONPATH", None)
+            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", str(path), "--seed", str(seed)]
+            r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
+            if r.returncode != 0 or not path.exists():
+                raise RuntimeError(f"building the tiny checkpoint failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+            log(r.stdout.strip())
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", nargs="?", help="where to write the .safetensors file")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cached", action="store_true", help="build into the cache (if needed) and print its path")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if a.cached:
+        print(get_tiny_checkpoint(a.seed, in_process=True))
+        return 0
+    if not a.out:
+        ap.error("give OUT.safetensors or --cached")
+    build_tiny_sd15_checkpoint(a.out, seed=a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

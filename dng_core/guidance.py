@@ -17,8 +17,12 @@ import torch
 __all__ = ["combine_guidance", "check_scale_args"]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _compute_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    # float32 inputs are combined in float64 so that finite inputs near the float32 range cannot overflow in an
+    # intermediate sum; half types have ample headroom in float32. MPS has no float64.
+    if dtype in (torch.float16, torch.bfloat16) or device.type == "mps":
+        return torch.float32
+    return torch.float64
 
 
 def combine_guidance(
@@ -32,8 +36,8 @@ def combine_guidance(
 
     denoised_uncond, denoised_pos, denoised_negs[k]: [B, ...] of one shape.
     scales: [K, B] (or K scalars / [B] tensors), one row per negative concept.
-    Computed in float32 (float64 stays float64) and returned in the input dtype, saturated to its finite range
-    so that float16 predictions with a large lambda give a finite, if clipped, result.
+    Computed in float64 (float32 for half-precision inputs) and returned in the input dtype, saturated to its
+    finite range, so that finite predictions with a large lambda give a finite, if clipped, result.
     """
     ref = denoised_uncond
     if denoised_pos is not None and denoised_pos.shape != ref.shape:
@@ -44,7 +48,7 @@ def combine_guidance(
     if len(scales) != len(denoised_negs):
         raise ValueError(f"got {len(scales)} scales for {len(denoised_negs)} negative predictions")
 
-    work = _compute_dtype(ref.dtype)
+    work = _compute_dtype(ref.dtype, ref.device)
     batch = ref.shape[0]
     view = (batch,) + (1,) * (ref.dim() - 1)
     d_u = ref.to(work)
@@ -57,7 +61,7 @@ def combine_guidance(
         if lam.numel() != batch:
             raise ValueError(f"a scale row has {lam.numel()} values for a batch of {batch}")
         out -= lam.view(view) * (d_neg.to(work) - d_u)
-    if out.dtype != ref.dtype and ref.dtype.is_floating_point:
+    if ref.dtype.is_floating_point:
         limit = torch.finfo(ref.dtype).max
         out = out.clamp(-limit, limit)
     return out.to(ref.dtype)

@@ -129,7 +129,8 @@ class GuidedRun(abc.ABC):
         """The guided prediction for one model call. x and all predictions: [B, ...]; sigma: scalar or [B]."""
         if len(denoised_negs) != self.concepts:
             raise ValueError(f"expected {self.concepts} negative predictions, got {len(denoised_negs)}")
-        sig = float(torch.as_tensor(sigma).reshape(-1)[0])
+        # A Python float stays a Python float: torch.as_tensor would round it to float32.
+        sig = float(sigma) if isinstance(sigma, (int, float)) else float(sigma.reshape(-1)[0])
         if self.trace is None:
             self.trace = GuidanceTrace(self.method, int(x.shape[0]), self.concepts, dict(self.params),
                                        total_steps=self.aligner.steps)

@@ -8,10 +8,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .baseline_nodes import NegativePromptingGuidance, SafeLatentDiffusionGuidance
 from .dng_nodes import DNGGuider, DNGSampler, DynamicNegativeGuidance
+from .reference_nodes import REFERENCE_NODES
 from .trace_nodes import DNGTracePlot
 
 NODES: list[type[io.ComfyNode]] = [DynamicNegativeGuidance, DNGSampler, DNGGuider, DNGTracePlot,
-                                   NegativePromptingGuidance, SafeLatentDiffusionGuidance]
+                                   NegativePromptingGuidance, SafeLatentDiffusionGuidance, *REFERENCE_NODES]
 
 
 class DNGExtension(ComfyExtension):

@@ -1,0 +1,1 @@
+"""Core tests: dng_core without ComfyUI (pure torch)."""

@@ -1,0 +1,391 @@
+"""DNGRun / NegativePromptRun / SLDRun under the call patterns of real samplers; traces, history, SLD.
+
+The samplers are transcriptions of ComfyUI's k-diffusion loops (comfy/k_diffusion/sampling.py): sample_euler,
+sample_heun (second call at sigma_{i+1} with the predictor, none on the last step) and sample_dpmpp_2s_ancestral
+(second call at the off-schedule midpoint sigma_fn(t + h / 2)). The "model" is a deterministic toy with different
+predictions per batch element; the run's guide() is the CFG function the sampler sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from dng_core import (SLD_PRESETS, DNGConfig, DNGRun, GuidanceTrace, NegativePromptRun, PosteriorConfig,
+                      PosteriorTracker, SLDConfig, SLDRun, SLDState, TraceHistory, sld_denoised, sld_step,
+                      tensor_fingerprint)
+
+N_STEPS = 8
+SCHEDULE = [14.6, 8.0, 4.5, 2.4, 1.2, 0.6, 0.28, 0.1, 0.0]
+BATCH = 3
+SHAPE = (BATCH, 2, 4, 4)
+CONFIG = DNGConfig(lambda0=2.0, posterior=PosteriorConfig(prior=0.2, temperature=0.5, offset=1e-3, p_min=1e-6,
+                                                          p_max=0.95))
+
+
+class ToyModel:
+    """D_u shrinks x towards 0, D_neg towards a per-element target (so every element has its own posterior)."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.target = torch.randn(SHAPE, generator=g, dtype=torch.float64) * torch.tensor(
+            [0.02, 0.05, 0.1], dtype=torch.float64).view(BATCH, 1, 1, 1)
+        self.pos_target = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        self.calls: list[tuple[float, torch.Tensor]] = []
+
+    def predict(self, x: torch.Tensor, sigma: float):
+        k = 1.0 / (1.0 + sigma ** 2)
+        d_u = k * x
+        d_neg = k * x + (1 - k) * self.target
+        d_pos = k * x + (1 - k) * self.pos_target
+        return d_u, d_pos, d_neg
+
+
+def make_denoiser(run, model: ToyModel, cfg_scale: float = 0.0, with_pos: bool = False):
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        model.calls.append((sigma, x.clone()))
+        d_u, d_pos, d_neg = model.predict(x, sigma)
+        # ComfyUI passes sigma as a tensor; float64 here so that the manual references below are exact
+        return run.guide(x, torch.tensor([sigma] * x.shape[0], dtype=torch.float64), d_u,
+                         d_pos if with_pos else None, [d_neg], cfg_scale)
+    return denoise
+
+
+def sample_euler(denoise, x, sigmas):
+    xs = [x]
+    for i in range(len(sigmas) - 1):
+        d = (x - denoise(x, sigmas[i])) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+        xs.append(x)
+    return x, xs
+
+
+def sample_heun(denoise, x, sigmas):
+    xs, predictors = [x], []
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        d = (x - denoised) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            predictors.append(x_2)
+            denoised_2 = denoise(x_2, sigmas[i + 1])
+            d_2 = (x_2 - denoised_2) / sigmas[i + 1]
+            x = x + (d + d_2) / 2 * dt
+        xs.append(x)
+    return x, xs, predictors
+
+
+def sample_dpmpp_2s_ancestral(denoise, x, sigmas, seed=0, eta=1.0):
+    """With eta = 1 the midpoint sigma_fn(t + h / 2) = sqrt(sigma_i sigma_down) = sigma_{i+1} exactly (sigma_down =
+    sigma_{i+1}^2 / sigma_i): the second call is then heun-like, on the schedule. eta < 1 puts it off the schedule."""
+    g = torch.Generator().manual_seed(seed)
+    xs, midpoints = [x], []
+    for i in range(len(sigmas) - 1):
+        s, s_n = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s)
+        sigma_up = min(s_n, eta * (s_n ** 2 * (s ** 2 - s_n ** 2) / s ** 2) ** 0.5)
+        sigma_down = (s_n ** 2 - sigma_up ** 2) ** 0.5
+        if sigma_down == 0:
+            x = x + (x - denoised) / s * (sigma_down - s)
+        else:
+            t, t_next = -math.log(s), -math.log(sigma_down)
+            h = t_next - t
+            mid = math.exp(-(t + 0.5 * h))
+            midpoints.append(mid)
+            x_2 = (mid / s) * x - math.expm1(-h * 0.5) * denoised
+            denoised_2 = denoise(x_2, mid)
+            x = (sigma_down / s) * x - math.expm1(-h) * denoised_2
+        if s_n > 0:
+            x = x + torch.randn(x.shape, generator=g, dtype=x.dtype) * sigma_up
+        xs.append(x)
+    return x, xs, midpoints
+
+
+def _x0(seed: int = 1) -> torch.Tensor:
+    return SCHEDULE[0] * torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _manual_posterior(xs: list[torch.Tensor], model: ToyModel) -> tuple[PosteriorTracker, list[torch.Tensor]]:
+    """The posterior over the real path x_0 .. x_N with first-call predictions; the scale used at every step."""
+    tracker = PosteriorTracker(CONFIG.posterior, BATCH)
+    scales = []
+    for i in range(N_STEPS):
+        scales.append(tracker.scale(CONFIG.lambda0))
+        d_u, _, d_neg = model.predict(xs[i], SCHEDULE[i])
+        tracker.update(xs[i], xs[i + 1], d_neg, d_u, SCHEDULE[i], SCHEDULE[i + 1])
+    return tracker, scales
+
+
+def _check_run_bookkeeping(run) -> None:
+    assert run.trace is not None
+    assert len(run.trace.steps) == N_STEPS
+    assert run.trace.step_indices() == list(range(N_STEPS))
+    assert [r.sigma for r in run.trace.steps] == pytest.approx(SCHEDULE[:-1])
+    assert run.steps_confirmed == N_STEPS
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_eta0.5"])
+def test_dngrun_advances_once_per_sampler_step(sampler: str) -> None:
+    model = ToyModel()
+    run = DNGRun(CONFIG, SCHEDULE)
+    denoise = make_denoiser(run, model)
+    if sampler == "euler":
+        x, xs = sample_euler(denoise, _x0(), SCHEDULE)
+        calls = N_STEPS
+    elif sampler == "heun":
+        x, xs, predictors = sample_heun(denoise, _x0(), SCHEDULE)
+        calls = 2 * N_STEPS - 1
+    else:
+        eta = 0.5 if sampler.endswith("eta0.5") else 1.0
+        x, xs, mids = sample_dpmpp_2s_ancestral(denoise, _x0(), SCHEDULE, eta=eta)
+        calls = N_STEPS + len(mids)
+        assert len(mids) == N_STEPS - 1
+        on_schedule = [any(math.isclose(m, s, rel_tol=1e-9) for s in SCHEDULE) for m in mids]
+        assert all(on_schedule) if eta == 1.0 else not any(on_schedule)
+    run.finish(x)
+    assert run.model_calls == len(model.calls) == calls
+    assert run.posterior_updates == N_STEPS
+    _check_run_bookkeeping(run)
+    # the committed posterior is the one of the real path x_0 .. x_N (first-call predictions), and the scale used
+    # at step i came from the posterior after x_{i-1} -> x_i
+    manual, scales = _manual_posterior(xs, model)
+    torch.testing.assert_close(run.final_posterior()[0], manual.p, rtol=1e-12, atol=0)
+    torch.testing.assert_close(run.trace.series("scale")[:, 0, :], torch.stack(scales), rtol=1e-9, atol=0)
+    # different predictions per element -> different posteriors
+    p = run.final_posterior()[0]
+    assert len(set(round(float(v), 12) for v in p)) == BATCH
+    if sampler == "heun":
+        # power check: folding in the predictor instead of x_{i+1} gives another posterior
+        wrong = PosteriorTracker(CONFIG.posterior, BATCH)
+        for i in range(N_STEPS - 1):
+            d_u, _, d_neg = model.predict(xs[i], SCHEDULE[i])
+            wrong.update(xs[i], predictors[i], d_neg, d_u, SCHEDULE[i], SCHEDULE[i + 1])
+        assert float((wrong.p - manual.p).abs().max()) > 1e-6
+
+
+def test_dngrun_inner_calls_use_the_steps_scale() -> None:
+    """An off-schedule call (dpmpp_2s_ancestral's midpoint with eta < 1) is guided with the step's scale."""
+    model = ToyModel()
+    run = DNGRun(CONFIG, SCHEDULE)
+    seen = []
+
+    def denoise(x, sigma):
+        d_u, _, d_neg = model.predict(x, sigma)
+        out = run.guide(x, torch.tensor(sigma, dtype=torch.float64), d_u, None, [d_neg], 0.0)
+        lam = ((d_u - out) / (d_neg - d_u)).flatten(1).median(1).values  # out = d_u - lam (d_neg - d_u)
+        seen.append((sigma, lam))
+        return out
+
+    x, _xs, _mids = sample_dpmpp_2s_ancestral(denoise, _x0(), SCHEDULE, eta=0.5)
+    run.finish(x)
+    scales = run.trace.series("scale")[:, 0, :]
+    step = -1
+    for sigma, lam in seen:
+        if any(math.isclose(sigma, s, rel_tol=1e-9) for s in SCHEDULE[:-1]):
+            step += 1
+        torch.testing.assert_close(lam, scales[step], rtol=1e-6, atol=1e-9)
+
+
+def test_dngrun_uses_a_python_float_sigma_exactly() -> None:
+    results = []
+    for as_tensor in (False, True):
+        model = ToyModel()
+        run = DNGRun(CONFIG, SCHEDULE)
+
+        def denoise(x, sigma):
+            d_u, _, d_neg = model.predict(x, sigma)
+            sig = torch.tensor(sigma, dtype=torch.float64) if as_tensor else sigma
+            return run.guide(x, sig, d_u, None, [d_neg], 0.0)
+
+        x, _ = sample_euler(denoise, _x0(), SCHEDULE)
+        run.finish(x)
+        results.append(run.final_posterior())
+    assert torch.equal(results[0], results[1])
+
+
+def test_dngrun_without_final_latent_and_reuse() -> None:
+    model = ToyModel()
+    run = DNGRun(CONFIG, SCHEDULE)
+    x, _ = sample_euler(make_denoiser(run, model), _x0(), SCHEDULE)
+    trace = run.finish()  # no x_final: the last transition cannot be folded in
+    assert run.posterior_updates == N_STEPS - 1 and len(trace.steps) == N_STEPS
+    assert run.finish(x) is trace and run.posterior_updates == N_STEPS - 1  # finish is idempotent
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2s_ancestral"])
+def test_np_and_sld_runs_record_one_step_per_sampler_step(sampler: str) -> None:
+    for run in (NegativePromptRun(0.7, SCHEDULE), SLDRun(SLD_PRESETS["medium"], SCHEDULE)):
+        model = ToyModel()
+        denoise = make_denoiser(run, model, cfg_scale=7.0, with_pos=True)
+        fn = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral}[sampler]
+        x = fn(denoise, _x0(), SCHEDULE)[0]
+        run.finish(x)
+        _check_run_bookkeeping(run)
+        if isinstance(run, NegativePromptRun):
+            assert bool((run.trace.series("scale") == 0.7).all())
+        else:
+            assert run.state.step == N_STEPS
+
+
+def test_sld_momentum_advances_once_per_step_under_heun() -> None:
+    config = SLDConfig(warmup=2, guidance_scale=50.0, threshold=0.0, momentum_scale=0.5, momentum_beta=0.6)
+    model = ToyModel()
+    run = SLDRun(config, SCHEDULE)
+    first_outputs = []
+
+    def denoise(x, sigma):
+        d_u, d_pos, d_neg = model.predict(x, sigma)
+        out = run.guide(x, torch.tensor(sigma, dtype=torch.float64), d_u, d_pos, [d_neg], 7.0)
+        model.calls.append((sigma, x.clone(), out))
+        return out
+
+    x, xs, _pred = sample_heun(denoise, _x0(), SCHEDULE)
+    run.finish(x)
+    # manual SLD over the first calls only (at the real x_i)
+    state = SLDState()
+    for i in range(N_STEPS):
+        d_u, d_pos, d_neg = model.predict(xs[i], SCHEDULE[i])
+        expected, _ = sld_denoised(xs[i], SCHEDULE[i], d_u, d_pos, d_neg, 7.0, config, state)
+        first_outputs.append(expected)
+    assert state.step == run.state.step == N_STEPS
+    torch.testing.assert_close(run.state.momentum, state.momentum, rtol=1e-12, atol=1e-12)
+    real_first = [out for (sigma, xin, out) in model.calls
+                  for i in range(N_STEPS) if sigma == SCHEDULE[i] and torch.equal(xin, xs[i])]
+    assert len(real_first) == N_STEPS
+    for got, want in zip(real_first, first_outputs):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    # power check: advancing at every call (heun's second calls too) gives another momentum
+    state2 = SLDState()
+    for (sigma, xin, _out) in model.calls:
+        d_u, d_pos, d_neg = model.predict(xin, sigma)
+        sld_denoised(xin, sigma, d_u, d_pos, d_neg, 7.0, config, state2)
+    assert state2.step > N_STEPS and float((state2.momentum - state.momentum).abs().max()) > 1e-6
+
+
+# ---- SLD itself -----------------------------------------------------------------------------------------------
+
+def diffusers_sld(noise_pred_text, noise_pred_uncond, noise_pred_safety_concept, guidance_scale, i,
+                  safety_momentum, sld_guidance_scale, sld_warmup_steps, sld_threshold, sld_momentum_scale,
+                  sld_mom_beta):
+    """diffusers StableDiffusionPipelineSafe.perform_safety_guidance + the final CFG line, transcribed."""
+    noise_guidance = noise_pred_text - noise_pred_uncond
+    if safety_momentum is None:
+        safety_momentum = torch.zeros_like(noise_guidance)
+    scale = torch.clamp(torch.abs((noise_pred_text - noise_pred_safety_concept)) * sld_guidance_scale, max=1.0)
+    safety_concept_scale = torch.where((noise_pred_text - noise_pred_safety_concept) >= sld_threshold,
+                                       torch.zeros_like(scale), scale)
+    noise_guidance_safety = torch.mul((noise_pred_safety_concept - noise_pred_uncond), safety_concept_scale)
+    noise_guidance_safety = noise_guidance_safety + sld_momentum_scale * safety_momentum
+    safety_momentum = sld_mom_beta * safety_momentum + (1 - sld_mom_beta) * noise_guidance_safety
+    if i >= sld_warmup_steps:
+        noise_guidance = noise_guidance - noise_guidance_safety
+    noise_pred = noise_pred_uncond + guidance_scale * noise_guidance
+    return noise_pred, safety_momentum
+
+
+@pytest.mark.parametrize("preset", list(SLD_PRESETS))
+def test_sld_step_matches_diffusers(preset: str) -> None:
+    cfg = SLD_PRESETS[preset]
+    g = torch.Generator().manual_seed(3)
+    state = SLDState()
+    momentum = None
+    for i in range(12):
+        e_u, e_p, e_s = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) * 0.05 for _ in range(3))
+        ours, effective = sld_step(e_u, e_p, e_s, 7.5, cfg, state)
+        ref, momentum = diffusers_sld(e_p, e_u, e_s, 7.5, i, momentum, cfg.guidance_scale, cfg.warmup,
+                                      cfg.threshold, cfg.momentum_scale, cfg.momentum_beta)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state.momentum, momentum, rtol=1e-12, atol=1e-12)
+        assert (float(effective.abs().max()) == 0.0) == (i < cfg.warmup)
+
+
+def test_sld_warmup_applies_no_safety_but_accrues_momentum() -> None:
+    cfg = SLDConfig(warmup=3, guidance_scale=100.0, threshold=0.5, momentum_scale=0.5, momentum_beta=0.5)
+    g = torch.Generator().manual_seed(4)
+    e_u, e_p, e_s = (torch.randn(1, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    state = SLDState()
+    momenta = []
+    for i in range(5):
+        eps, effective = sld_step(e_u, e_p, e_s, 5.0, cfg, state)
+        momenta.append(state.momentum.clone())
+        plain = e_u + 5.0 * (e_p - e_u)
+        if i < 3:
+            torch.testing.assert_close(eps, plain)
+            assert float(effective.abs().max()) == 0.0
+        else:
+            assert float((eps - plain).abs().max()) > 1e-3 and float(effective.min()) > 0
+    assert float(momenta[0].abs().max()) > 0  # momentum accrued during warm-up
+    assert float((momenta[2] - momenta[1]).abs().max()) > 0
+
+
+def test_sld_presets() -> None:
+    expected = {"weak": (15, 20.0, 0.0, 0.0, 0.0), "medium": (10, 1000.0, 0.01, 0.3, 0.4),
+                "strong": (7, 2000.0, 0.025, 0.5, 0.7), "max": (0, 5000.0, 1.0, 0.5, 0.7)}
+    for name, values in expected.items():
+        c = SLD_PRESETS[name]
+        assert (c.warmup, c.guidance_scale, c.threshold, c.momentum_scale, c.momentum_beta) == values
+    with pytest.raises(ValueError, match="momentum_beta"):
+        SLDConfig(momentum_beta=1.0)
+    with pytest.raises(ValueError, match="warmup"):
+        SLDConfig(warmup=-1)
+
+
+# ---- trace and history ----------------------------------------------------------------------------------------
+
+def _finished_run(seed: int = 1) -> tuple[DNGRun, torch.Tensor]:
+    model = ToyModel()
+    run = DNGRun(CONFIG, SCHEDULE)
+    x, _ = sample_euler(make_denoiser(run, model), _x0(seed), SCHEDULE)
+    run.finish(x)
+    return run, x
+
+
+def test_trace_json_round_trip() -> None:
+    run, x = _finished_run()
+    text = run.trace.to_json()
+    back = GuidanceTrace.from_json(text)
+    assert back.to_dict() == run.trace.to_dict() == json.loads(text)
+    assert back.output_fingerprint == tensor_fingerprint(x)
+    assert back.params["lambda0"] == CONFIG.lambda0 and back.method == "dng"
+    torch.testing.assert_close(back.series("p"), run.trace.series("p"))
+    with pytest.raises(ValueError):
+        GuidanceTrace.from_json(json.dumps({"format": "other", "version": 1}))
+
+
+def test_trace_bounds() -> None:
+    trace = GuidanceTrace("dng", batch_size=5, max_steps=4, max_batch=2)
+    for i in range(6):
+        rec = trace.record(i, 1.0 / (i + 1), torch.full((1, 5), float(i)), torch.full((1, 5), 0.5))
+        assert (rec is None) == (i >= 4)
+    assert len(trace.steps) == 4 and trace.truncated
+    assert all(len(r.scale[0]) == 2 and len(r.p[0]) == 2 for r in trace.steps)
+    small = GuidanceTrace("np", batch_size=2, max_batch=2)
+    small.record(0, 1.0, torch.tensor([[1.0, float("inf")]]))
+    assert not small.truncated
+    json.loads(small.to_json(allow_nan=False))  # non-finite values are made JSON-safe
+
+
+def test_history_finds_run_by_latent() -> None:
+    history = TraceHistory(max_runs=2)
+    run_a, x_a = _finished_run(1)
+    run_b, x_b = _finished_run(2)
+    history.add(run_a.trace)
+    history.add(run_b.trace)
+    assert history.find(x_a) is run_a.trace and history.find(x_b) is run_b.trace
+    assert history.find(x_a + 1e-3) is None
+    assert history.find(x_a.to(torch.float32)) is run_a.trace  # fingerprint is on float32 values
+    run_c, x_c = _finished_run(3)
+    history.add(run_c.trace)  # bounded: the oldest is dropped
+    assert len(history) == 2 and history.find(x_a) is None and history.latest() is run_c.trace
+    dup = copy.deepcopy(run_c.trace)
+    history.add(dup)
+    assert history.find(x_c) is dup  # newest first
+    with pytest.raises(ValueError):
+        TraceHistory(max_runs=0)

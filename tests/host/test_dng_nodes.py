@@ -275,3 +275,21 @@ def test_bad_input_is_a_validation_error_naming_the_input(prompt_runner, pack_no
     text = json.dumps(res.node_errors) + json.dumps(res.validation_error)
     assert needle in text
     assert "Traceback" not in text
+
+
+def test_three_predictions_share_one_batched_forward_pass(prompt_runner, pack_nodes, host):
+    import comfy.patcher_extension
+
+    run_ok(prompt_runner, dng_prompt(steps=3, batch_size=2))
+    patched = prompt_runner.output_of("10")[0][0].clone()
+    batches = []
+
+    def count(executor, x, t, *args, **kwargs):
+        batches.append(int(x.shape[0]))
+        return executor(x, t, *args, **kwargs)
+
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "count", count)
+    positive, negative = prompt_runner.output_of("2")[0][0], prompt_runner.output_of("3")[0][0]
+    latent = prompt_runner.output_of("4")[0][0]
+    host.nodes.common_ksampler(patched, 0, 3, 7.0, "euler", "normal", positive, negative, latent)
+    assert batches == [6, 6, 6]  # one call per step: (positive, negative, empty) x batch 2

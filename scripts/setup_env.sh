@@ -13,6 +13,22 @@ py="${PYTHON:-python3}"
 stamp="$venv/.dng-setup-stamp"
 want="$(cat scripts/host.env scripts/setup_env.sh requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 
+# A headless browser for the frontend tests (tests/e2e/test_web_ui.py, test_workflows.py): Debian's chromium,
+# driven by playwright from requirements-dev.txt (playwright never downloads a browser here). Checked on every run
+# (a file test) because it lives outside .venv.
+if [[ -z "${DNG_CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    echo "setup: chromium (apt-get)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+           && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+      echo "setup: WARNING: apt-get install chromium failed; the browser tests will not run" >&2
+    fi
+  else
+    echo "setup: WARNING: no /usr/bin/chromium (install Debian's chromium as root, or set DNG_CHROMIUM);" \
+         "the browser tests will be skipped" >&2
+  fi
+fi
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$host/main.py" ]]; then
   echo "setup: .venv and .host/ComfyUI $COMFYUI_VERSION are up to date"
   exit 0

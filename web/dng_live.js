@@ -98,6 +98,12 @@ function curveWidget(node) {
   };
 }
 
+function redraw(node) {
+  node.setDirtyCanvas(true, true);
+  // Nodes 2.0 (Vue nodes) draws canvas widgets on a canvas of their own, repainted only on triggerDraw()
+  node.widgets?.find((w) => w.name === "dng_live_curve")?.triggerDraw?.();
+}
+
 function ensureWidget(node) {
   if (!node.widgets?.some((w) => w.name === "dng_live_curve")) {
     node.addCustomWidget(curveWidget(node));
@@ -122,14 +128,14 @@ app.registerExtension({
       const run = { method: detail.method, total_steps: detail.total_steps, steps: [] };
       live.runs[detail.node] = run;
       const node = findNode(detail.node);
-      if (node) { node.__dngRun = run; ensureWidget(node); node.setDirtyCanvas(true, true); }
+      if (node) { node.__dngRun = run; ensureWidget(node); redraw(node); }
     });
     api.addEventListener("dng.step", ({ detail }) => {
       const run = (live.runs[detail.node] = live.runs[detail.node] ||
         { method: detail.method, total_steps: detail.total_steps, steps: [] });
       run.steps.push({ step: detail.step, sigma: detail.sigma, scale: detail.scale, p: detail.p });
       const node = findNode(detail.node);
-      if (node) { node.__dngRun = run; node.setDirtyCanvas(true, true); }
+      if (node) { node.__dngRun = run; redraw(node); }
     });
     api.addEventListener("dng.warning", ({ detail }) => {
       live.warnings.push(detail.message);

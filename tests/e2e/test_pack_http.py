@@ -11,7 +11,8 @@ from tests.support.prompts import dng_prompt
 from tests.support.server import PromptRejected
 
 PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGTracePlot", "DNGNegativePrompting",
-              "DNGSafeLatentDiffusion"]
+              "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning", "DNGEmptyDigitLatent",
+              "DNGDigitsToImage"]
 
 
 def _valid_png(raw: bytes) -> tuple[int, int]:

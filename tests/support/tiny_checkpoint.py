@@ -21,6 +21,13 @@ CLI::
 
     python -m tests.support.tiny_checkpoint OUT.safetensors [--seed N]
     python -m tests.support.tiny_checkpoint --cached [--seed N]      # print (and build if needed) the cache path
+    python -m tests.support.tiny_checkpoint --sdxl --cached           # the tiny SDXL checkpoint (see below)
+
+A tiny SDXL-detected checkpoint is built the same way (``get_tiny_sdxl_checkpoint``, for the shipped SDXL
+workflow): ``comfy.supported_models.SDXL`` (its detection requires transformer_depth [0, 0, 2, 2, 10, 10] exactly;
+channels stay 320 at every level, no middle block: 131.6 M UNet parameters), the host's ``SDXLClipModel`` (CLIP-L
++ CLIP-G, 818 M parameters of fixed configuration, so layer 0 of each encoder is drawn and repeated) and TAESD
+with the SDXL latent scale: 1.8 GB fp16, ~60 s to build once, cached next to the SD1.5 one.
 """
 
 from __future__ import annotations
@@ -93,17 +100,20 @@ def _key_generator(seed: int, key: str):
     return g
 
 
-def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False) -> dict:
+def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False, skip=None) -> dict:
     """Seeded random fp32 tensors for every parameter/buffer of ``module`` (which may live on 'meta').
 
     Norm layers get weight 1 / bias 0, embeddings N(0, 0.02) (position embeddings 0.01), linear and conv
-    weights N(0, gain/sqrt(fan_in)) with zero bias; anything else N(0, 0.02).
+    weights N(0, gain/sqrt(fan_in)) with zero bias; anything else N(0, 0.02). Each tensor has its own generator
+    (seeded by ``prefix + key``); ``skip`` (a compiled regex) leaves out the submodules whose name it matches.
     """
     import torch
 
     out: dict[str, "torch.Tensor"] = {}
     norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d)
     for mod_name, mod in module.named_modules():
+        if skip is not None and skip.search(mod_name):
+            continue
         local = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
         for pname, p in local:
             key = f"{mod_name}.{pname}" if mod_name else pname
@@ -276,19 +286,225 @@ def get_tiny_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=pr
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------
+# A tiny SDXL-detected checkpoint (for the shipped SDXL workflow)
+
+SDXL_BUILDER_VERSION = 1
+
+# comfy.supported_models.SDXL matches on model_channels 320, use_linear_in_transformer, context_dim 2048,
+# adm_in_channels 2816, no temporal attention and transformer_depth == [0, 0, 2, 2, 10, 10] exactly (one entry
+# per input block: 3 levels x 2 res blocks). channel_mult, transformer_depth_output and the middle block are not
+# part of the match, so all levels stay at 320 channels, the output blocks have no transformers and there is
+# no middle block: 131.6 M UNet parameters instead of 2.6 G.
+TINY_SDXL_UNET_CONFIG = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_output": [0, 0, 0, 0, 0, 0, 0, 0, 0],
+    "channel_mult": [1, 1, 1],
+    "transformer_depth_middle": -2,  # -2: no middle block
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+}
+TAESD_SDXL_SCALE = 0.13025  # what nodes.VAELoader.load_taesd sets for taesdxl
+
+
+def sdxl_cache_path(seed: int = 0) -> Path:
+    return CACHE_DIR / f"tiny_sdxl-comfy{host_version()}-seed{seed}-b{SDXL_BUILDER_VERSION}.safetensors"
+
+
+def build_sdxl_state_dict(seed: int = 0, log=print) -> dict:
+    """The tiny SDXL checkpoint's state dict (fp16 tensors, host key names). Needs the host importable.
+
+    UNet: TINY_SDXL_UNET_CONFIG, seeded random weights, calibrated like the SD1.5 one. Text encoders: the host's
+    own ``SDXLClipModel`` (CLIP-L + CLIP-G, fixed configs), random embeddings and layer 0 of each encoder repeated
+    over its layers. VAE: TAESD with the SDXL latent scale.
+    """
+    from .host import import_host
+
+    import_host(builtin_nodes=False)
+    import torch
+    import comfy.ops
+    import comfy.supported_models
+    import comfy.taesd.taesd
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    t0 = time.perf_counter()
+    model_config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET_CONFIG))
+    ops = comfy.ops.disable_weight_init
+    with torch.inference_mode(False), torch.no_grad():
+        unet_meta = UNetModel(**model_config.unet_config, device="meta", operations=ops)
+        unet_sd = _fill_module(unet_meta, seed, "sdxl.unet.")
+        for k in unet_sd:
+            if ".attn2.to_out.0.weight" in k:
+                unet_sd[k] = unet_sd[k] * CROSS_ATTN_SCALE
+        unet = UNetModel(**model_config.unet_config, device="cpu", operations=ops)
+        unet.load_state_dict(unet_sd, strict=True, assign=True)
+        unet.eval()
+        g = _key_generator(seed, "sdxl.unet.calibration")
+        x = torch.randn(2, 4, 8, 8, generator=g)
+        ts = torch.tensor([999.0, 500.0])
+        ctx = torch.randn(2, 77, 2048, generator=g)
+        y = torch.randn(2, 2816, generator=g)
+        out = unet(x, ts, context=ctx, y=y)
+        std = float(out.float().std())
+        if not math.isfinite(std) or std == 0:
+            raise RuntimeError(f"tiny SDXL UNet calibration failed (std={std})")
+        unet_sd["out.2.weight"] = unet_sd["out.2.weight"] / std
+        unet_sd["out.2.bias"] = torch.zeros_like(unet_sd["out.2.bias"])
+        del unet
+        log(f"tiny_checkpoint[sdxl]: UNet {sum(v.numel() for v in unet_sd.values())/1e6:.1f} M params, "
+            f"raw eps std {std:.3g} -> 1 ({time.perf_counter() - t0:.1f} s)")
+
+        # The text encoders have fixed configs (CLIP-G alone: 32 layers, 695 M parameters) and the host leaves
+        # weights missing from a checkpoint as uninitialised memory, so every key is written; drawing layer 0
+        # of each encoder and repeating it over the other layers keeps the build to seconds.
+        clip_meta = model_config.clip_target(state_dict={}).clip(device="meta", dtype=torch.float32)
+        all_keys = set(clip_meta.state_dict(keep_vars=True))
+        clip_sd = _fill_module(clip_meta, seed, "sdxl.clip.",
+                               skip=re.compile(r"\.encoder\.layers\.[1-9]\d*(\.|$)"))
+        clip_sd = {k: v.to(torch.float16) for k, v in clip_sd.items()}  # saved as fp16 anyway; halves the peak
+        repeat = re.compile(r"^(.+\.encoder\.layers)\.[1-9]\d*\.(.+)$")
+        for k in sorted(all_keys - set(clip_sd)):
+            m = repeat.match(k)
+            if m:
+                clip_sd[k] = clip_sd[f"{m.group(1)}.0.{m.group(2)}"].clone()
+        for k in list(clip_sd):
+            if k.endswith("logit_scale"):
+                clip_sd[k] = torch.tensor(4.6055)
+            elif k.endswith("text_projection.weight"):
+                clip_sd[k] = torch.eye(clip_sd[k].shape[0], dtype=torch.float16)
+        missing = all_keys - set(clip_sd)
+        if missing:
+            raise RuntimeError(f"tiny SDXL text encoders: keys not filled: {sorted(missing)[:5]}")
+        log(f"tiny_checkpoint[sdxl]: CLIP-L + CLIP-G {sum(v.numel() for v in clip_sd.values())/1e6:.0f} M params "
+            f"({time.perf_counter() - t0:.1f} s)")
+
+        taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+        vae_sd = _fill_module(taesd, seed, "sdxl.vae.", relu_gain=True)
+        vae_sd["vae_scale"] = torch.tensor(TAESD_SDXL_SCALE)
+        vae_sd["vae_shift"] = torch.tensor(0.0)
+        taesd.load_state_dict(vae_sd, strict=True, assign=True)
+        taesd.eval()
+        gv = _key_generator(seed, "sdxl.vae.calibration")
+        z = torch.randn(1, 4, 8, 8, generator=gv) / TAESD_SDXL_SCALE
+        img = taesd.taesd_decoder(z * TAESD_SDXL_SCALE)
+        last = max(k for k in vae_sd if k.startswith("taesd_decoder.") and k.endswith(".weight")
+                   and vae_sd[k].dim() == 4 and vae_sd[k].shape[0] == 3)
+        dstd = float(img.float().std())
+        if not math.isfinite(dstd) or dstd == 0:
+            raise RuntimeError(f"tiny SDXL TAESD calibration failed (std={dstd})")
+        vae_sd[last] = vae_sd[last] * (0.2 / dstd)
+        bias_key = last[: -len("weight")] + "bias"
+        if bias_key in vae_sd:
+            vae_sd[bias_key] = torch.full_like(vae_sd[bias_key], 0.5)
+        del taesd
+
+    sd: dict = {}
+    sd.update(model_config.process_clip_state_dict_for_saving(clip_sd))
+    sd.update(model_config.process_vae_state_dict_for_saving(vae_sd))
+    sd.update(model_config.process_unet_state_dict_for_saving(unet_sd))
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    log(f"tiny_checkpoint[sdxl]: {len(sd)} tensors built in {time.perf_counter() - t0:.1f} s")
+    return sd
+
+
+def build_tiny_sdxl_checkpoint(path, seed: int = 0, log=print) -> Path:
+    """Write the tiny SDXL checkpoint to ``path`` (atomically), check that the host detects and loads it as SDXL
+    with finite text-encoder outputs, and return it."""
+    path = Path(path)
+    sd = build_sdxl_state_dict(seed=seed, log=log)
+    import comfy.utils
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")  # the loader goes by the extension
+    metadata = {"dng.tiny_checkpoint": json.dumps({"seed": seed, "builder": SDXL_BUILDER_VERSION, "model": "sdxl",
+                                                   "host": host_version()})}
+    t0 = time.perf_counter()
+    comfy.utils.save_torch_file(sd, str(tmp), metadata=metadata)
+    del sd
+    try:
+        _check_sdxl_checkpoint(tmp, log)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    log(f"tiny_checkpoint[sdxl]: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
+        f"{time.perf_counter() - t0:.1f} s (incl. load check)")
+    return path
+
+
+def _check_sdxl_checkpoint(path: Path, log=print) -> None:
+    import torch
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    kind = type(model.model.model_config).__name__
+    if kind != "SDXL":
+        raise RuntimeError(f"tiny SDXL checkpoint detected as {kind}, not SDXL")
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a photo of a cat"))
+    c, pooled = cond[0][0], cond[0][1].get("pooled_output")
+    if c.shape[-1] != 2048 or pooled is None or pooled.shape[-1] != 1280:
+        raise RuntimeError(f"tiny SDXL text encoders: unexpected shapes {tuple(c.shape)}, "
+                           f"{None if pooled is None else tuple(pooled.shape)}")
+    if not (torch.isfinite(c).all() and torch.isfinite(pooled).all()):
+        raise RuntimeError("tiny SDXL text encoders produce non-finite outputs")
+    log(f"tiny_checkpoint[sdxl]: loads as {kind}; cond {tuple(c.shape)}, pooled {tuple(pooled.shape)}, finite")
+
+
+def get_tiny_sdxl_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:
+    """Like :func:`get_tiny_checkpoint`, for the tiny SDXL checkpoint (~1.8 GB, ~30 s to build; cached under
+    ``.cache/tiny_checkpoints/``)."""
+    path = sdxl_cache_path(seed)
+    if path.exists():
+        return path
+    with _file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            return path
+        if in_process is None:
+            in_process = "comfy.model_management" in sys.modules
+        if in_process:
+            build_tiny_sdxl_checkpoint(path, seed=seed, log=log)
+        else:
+            import subprocess
+
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            env.pop("PYTHONPATH", None)
+            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", "--sdxl", str(path), "--seed", str(seed)]
+            r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
+            if r.returncode != 0 or not path.exists():
+                raise RuntimeError(f"building the tiny SDXL checkpoint failed ({r.returncode}):\n{r.stdout}\n"
+                                   f"{r.stderr[-5000:]}")
+            log(r.stdout.strip())
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", nargs="?", help="where to write the .safetensors file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cached", action="store_true", help="build into the cache (if needed) and print its path")
+    ap.add_argument("--sdxl", action="store_true", help="the tiny SDXL checkpoint instead of the SD1.5 one")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if a.cached:
-        print(get_tiny_checkpoint(a.seed, in_process=True))
+        get = get_tiny_sdxl_checkpoint if a.sdxl else get_tiny_checkpoint
+        print(get(a.seed, in_process=True))
         return 0
     if not a.out:
         ap.error("give OUT.safetensors or --cached")
-    build_tiny_sd15_checkpoint(a.out, seed=a.seed)
+    (build_tiny_sdxl_checkpoint if a.sdxl else build_tiny_sd15_checkpoint)(a.out, seed=a.seed)
     return 0
 
 

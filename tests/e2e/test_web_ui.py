@@ -1,0 +1,189 @@
+"""The real frontend in headless chromium against the real server: the page loads cleanly with the pack, the
+live-curve extension registers, and a workflow queued from the page draws the guidance curve on its node.
+
+Browser: Debian's /usr/bin/chromium driven by playwright (tests/support/workflows.py: CHROMIUM_ARGS, a fresh
+profile, a new browser context per page). Console errors fail the tests, except these known-benign messages of
+ComfyUI 0.3.75 + frontend 1.32.9 that every page load produces on this offline machine, with or without the pack
+(tests/support/workflows.py: BENIGN_404_PATHS, BENIGN_ERROR_SIGNATURES):
+
+* "Failed to load resource: 404" for /user.css, /api/userdata/user.css (optional user stylesheet),
+  /favicon.ico, /api/userdata?dir=workflows..., /api/userdata?dir=subgraphs... and
+  /api/userdata/comfy.templates.json (a new user has none of these);
+* "Failed to load resource: net::ERR_NAME_NOT_RESOLVED" for *.comfy.org (the frontend asks the registry about
+  comfy-core; this machine is offline);
+* "TypeError: Cannot read properties of undefined (reading 'id') at onChange": the frontend's start-up race in
+  useRenderModeSetting (it sets LiteGraph.Canvas.MinFontSizeForLOD before that setting is registered).
+
+Screenshots go to tests/artifacts/ (or $DNG_TEST_ARTIFACTS): live_curve.png (the patch node after a run, zoomed)
+and live_curve_page.png (the whole page).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+
+import pytest
+
+from tests.support.host import CHECKPOINT_NAME, PACK_NAME
+from tests.support.workflows import (
+    SD15_CKPT, Browser, artifacts_dir, browser_missing_reason, screenshot_nodes, swap_models,
+)
+
+EXTENSION = "dng.live_curve"
+CURVE_COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373"]  # web/dng_live.js COLORS[0:4]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    reason = browser_missing_reason()
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+    return Browser.get()
+
+
+@pytest.fixture(scope="module")
+def ui(browser, comfy_server, server_pack_nodes):
+    page = browser.open(comfy_server.url)
+    page.page.wait_for_load_state("networkidle")
+    yield page
+    page.close()
+
+
+def _ids(workflow: dict, node_type: str) -> list[int]:
+    return [n["id"] for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def _load_shrunk(ui, name: str, steps: int) -> dict:
+    """Open a shipped workflow from the template endpoint with the tiny checkpoint, 64 px latents, ``steps``
+    sampler steps and a fresh seed (the server would answer an identical prompt from its cache, without
+    sampling), edited in the page like a user would."""
+    workflow = json.loads(ui.fetch_template(PACK_NAME, name))
+    ui.load_workflow(swap_models(workflow, {SD15_CKPT: CHECKPOINT_NAME}), name)
+    for nid in _ids(workflow, "EmptyLatentImage"):
+        ui.set_widgets(nid, {"width": 64, "height": 64})
+    for nid in _ids(workflow, "KSampler"):
+        ui.set_widgets(nid, {"steps": steps, "seed": random.randrange(2**32)})
+    return workflow
+
+
+def _run_from_page(ui, comfy_server, patch_ids: list[int], steps: int) -> dict:
+    pid = ui.queue()
+    entry = comfy_server.wait(pid, timeout=180)
+    assert entry["status"]["status_str"] == "success"
+    # the last step event is drawn on the next animation frame
+    ui.page.wait_for_function(
+        "([ids, n]) => ids.every((id) => window.__DNG_LIVE__?.drawn?.[id]?.steps === n)", arg=[patch_ids, steps],
+        timeout=30_000)
+    return entry
+
+
+def _color_pixels(png: bytes, hex_color: str, tol: int = 40) -> int:
+    from PIL import Image
+
+    target = tuple(int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    with Image.open(io.BytesIO(png)) as im:
+        px = list(im.convert("RGB").tobytes())
+        px = zip(px[0::3], px[1::3], px[2::3])
+        return sum(1 for p in px if all(abs(a - b) <= tol for a, b in zip(p, target)))
+
+
+def test_page_loads_without_console_errors(ui):
+    # the extension's module was fetched from the pack's web directory
+    assert any(status == 200 and url.endswith(f"/extensions/{PACK_NAME}/dng_live.js")
+               for status, url in ui.responses), [u for _, u in ui.responses if "/extensions/" in u]
+    errors = ui.errors()
+    assert not errors, "console errors:\n" + "\n".join(map(str, errors))
+    # what was ignored is only the documented frontend noise
+    for e in ui.ignored():
+        assert "dng" not in e.text.lower() and PACK_NAME not in e.url, e
+
+
+def test_extension_registers_and_adds_the_curve_widget(ui):
+    assert EXTENSION in ui.extension_names()
+    info = ui.evaluate(
+        """() => ['DynamicNegativeGuidance', 'DNGSampler', 'DNGGuider', 'DNGNegativePrompting',
+                  'DNGSafeLatentDiffusion', 'DNGTracePlot'].map((type) => {
+             const n = LiteGraph.createNode(type);
+             const has = !!n.widgets?.some((w) => w.name === 'dng_live_curve');
+             const values = n.serialize().widgets_values ?? [];
+             return [type, has, values.some((v) => v === null || typeof v === 'object')];
+           })""")
+    for node_type, has_widget, serialized_junk in info:
+        assert has_widget == (node_type != "DNGTracePlot"), node_type
+        assert not serialized_junk, f"{node_type}: the curve widget leaks into widgets_values"
+
+
+def test_queued_workflow_draws_the_live_curve(ui, comfy_server, rig_timings):
+    steps = 10
+    workflow = _load_shrunk(ui, "dng_sd15_txt2img", steps)
+    (dng,) = _ids(workflow, "DynamicNegativeGuidance")
+    (latent,) = _ids(workflow, "EmptyLatentImage")
+    batch = next(n for n in workflow["nodes"] if n["id"] == latent)["widgets_values"][2]
+    assert batch == 2
+
+    entry = _run_from_page(ui, comfy_server, [dng], steps)
+    live = ui.evaluate("() => window.__DNG_LIVE__")
+    run = live["runs"][str(dng)]
+    assert run["method"] == "dng" and run["total_steps"] == steps
+    assert [s["step"] for s in run["steps"]] == list(range(steps))
+    assert all(len(s["scale"][0]) == batch and len(s["p"][0]) == batch for s in run["steps"])
+    drawn = live["drawn"][str(dng)]
+    assert drawn["steps"] == steps
+    assert drawn["lines"] == batch * 2  # lambda_t and p_t, one line per image
+    assert drawn["points"] == batch * 2 * steps
+    assert drawn["lastScale"] == pytest.approx([s for s in run["steps"][-1]["scale"][0]], rel=1e-6)
+    assert live["warnings"] == []
+
+    # the trace plot's preview reached the page too
+    (plot,) = _ids(workflow, "DNGTracePlot")
+    assert entry["outputs"][str(plot)]["images"]
+    ui.page.wait_for_function("(id) => app.nodeOutputs?.[String(id)]?.images?.length > 0", arg=plot, timeout=10_000)
+
+    # what a user sees: the curve on the node (pixels of the first two line colours inside the node)
+    (artifacts_dir() / "live_curve_page.png").write_bytes(ui.page.screenshot(type="png"))
+    png = screenshot_nodes(ui, [dng], scale=1.6)
+    (artifacts_dir() / "live_curve.png").write_bytes(png)
+    for color in CURVE_COLORS[:batch]:
+        assert _color_pixels(png, color) > 30, f"no {color} line drawn on the node"
+    assert not ui.errors(), "console errors:\n" + "\n".join(map(str, ui.errors()))
+
+
+def test_each_guidance_node_draws_its_own_curve(ui, comfy_server):
+    """The comparison workflow: NP, SLD and DNG patch nodes each get their own run; NP/SLD draw only the scale,
+    DNG also p_t."""
+    steps = 4
+    workflow = _load_shrunk(ui, "dng_compare_methods", steps)
+    nodes = {t: _ids(workflow, t)[0] for t in ("DNGNegativePrompting", "DNGSafeLatentDiffusion",
+                                               "DynamicNegativeGuidance")}
+    _run_from_page(ui, comfy_server, list(nodes.values()), steps)
+    live = ui.evaluate("() => window.__DNG_LIVE__")
+    methods = {t: live["runs"][str(i)]["method"] for t, i in nodes.items()}
+    assert methods["DynamicNegativeGuidance"] == "dng"
+    assert len(set(methods.values())) == 3, methods
+    for t, i in nodes.items():
+        drawn = live["drawn"][str(i)]
+        assert drawn["steps"] == steps, t
+        assert drawn["lines"] == (2 if t == "DynamicNegativeGuidance" else 1), t
+    assert not ui.errors(), "console errors:\n" + "\n".join(map(str, ui.errors()))
+
+
+def test_live_curve_with_nodes_2_0(browser, comfy_server, server_pack_nodes):
+    """With the frontend's opt-in Vue node renderer ("Nodes 2.0") the curve widget is painted on a canvas of its
+    own, repainted only when the widget asks for it (web/dng_live.js calls triggerDraw)."""
+    page = browser.open(comfy_server.url, settings={"Comfy.VueNodes.Enabled": True})
+    try:
+        steps = 6
+        workflow = _load_shrunk(page, "dng_sd15_txt2img", steps)
+        (dng,) = _ids(workflow, "DynamicNegativeGuidance")
+        _run_from_page(page, comfy_server, [dng], steps)
+        drawn = page.evaluate("(id) => window.__DNG_LIVE__.drawn[id]", dng)
+        assert drawn["lines"] == 4 and drawn["points"] == 4 * steps
+        png = page.page.locator(f'[data-node-id="{dng}"]').screenshot(type="png")
+        (artifacts_dir() / "live_curve_nodes_2_0.png").write_bytes(png)
+        assert _color_pixels(png, CURVE_COLORS[1]) > 30, "no curve drawn on the Vue node"
+        assert not page.errors(), "console errors:\n" + "\n".join(map(str, page.errors()))
+    finally:
+        page.close()

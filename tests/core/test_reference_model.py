@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from reference_model import NULL_LABEL, load_classifier, load_denoiser, weights_path  # noqa: E402
+from reference_model import NULL_LABEL, WEIGHTS_DIR, load_classifier, load_denoiser, weights_path  # noqa: E402
 from reference_model.classifier import ClassifierConfig  # noqa: E402
 from reference_model.metrics import class_histogram, frechet_distance_feats, kl_uniform  # noqa: E402
 from reference_model.network import UNetConfig, read_metadata, save_denoiser  # noqa: E402
@@ -150,6 +150,25 @@ def test_config_roundtrip(unet, tmp_path):
         assert torch.equal(unet(x, t, y), net2(x, t, y))
     with pytest.raises(ValueError):
         load_denoiser(CLF)
+
+
+@pytest.mark.parametrize("path", sorted(WEIGHTS_DIR.glob("**/*_unet.safetensors")), ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_shipped_denoiser_loads_and_runs(path):
+    """digits8 / mnist16 and the candidates/ variants: config from the file alone, float t, NULL label."""
+    net, cfg = load_denoiser(path)
+    s = cfg.image_size
+    assert cfg.null_label == NULL_LABEL and cfg.sampling_settings == schedule.SAMPLING_SETTINGS
+    dataset = path.name.split("_")[0]
+    assert cfg.dataset == dataset and s == {"digits8": 8, "mnist16": 16}[dataset]
+    clf, ccfg = load_classifier(weights_path(f"{dataset}_classifier"))
+    assert ccfg.image_size == s
+    x = torch.randn(3, 1, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        e = net(x, torch.tensor([3.5, 400.0, 999.0]), torch.tensor([0, 7, NULL_LABEL]))
+        logits = clf(x)
+    assert e.shape == x.shape and torch.isfinite(e).all() and logits.shape == (3, 10)
+    assert clf.features(x).shape == (3, ccfg.feat_dim)
+    assert path.stat().st_size < 8 * 2 ** 20
 
 
 def test_forward_shape_finite_deterministic(unet):

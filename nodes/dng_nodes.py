@@ -29,10 +29,36 @@ _EMPTY_TOOLTIP = ("The unconditional prompt: CLIPTextEncode with an empty text. 
                   "concept against it, so it must not contain the concept.")
 
 
-class DynamicNegativeGuidance(io.ComfyNode):
+def _prompt_inputs() -> list[io.Input]:
+    """positive / negative / empty conditioning of the nodes that sample themselves (sampler, guider)."""
+    return [io.Conditioning.Input("positive", tooltip="What the image should contain."),
+            io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
+            io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP)]
+
+
+def _trace_output(connect_with: str) -> io.Output:
+    return TraceHandle.Output(display_name="trace", tooltip="The guidance record; connect to DNG Trace Plot "
+                              f"together with {connect_with}.")
+
+
+def _schema(**fields: Any) -> io.Schema:
+    # The node id is baked into the patch (live events are drawn on it): never reuse the cached output of an
+    # identical node elsewhere in the graph.
+    return io.Schema(hidden=[io.Hidden.unique_id], not_idempotent=True, **fields)
+
+
+class _DNGNode(io.ComfyNode):
+    """Shared validation of dng_inputs() (cross-field rules the schema's min/max can't express)."""
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        return validate_dng_inputs(**kwargs)
+
+
+class DynamicNegativeGuidance(_DNGNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return _schema(
             node_id="DynamicNegativeGuidance",
             display_name="Dynamic Negative Guidance",
             category=CATEGORY,
@@ -48,18 +74,9 @@ class DynamicNegativeGuidance(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The patched model; use it in a KSampler whose "
                                 "negative input is the concept to remove."),
-                TraceHandle.Output(display_name="trace", tooltip="The guidance record of this model's runs; "
-                                   "connect to DNG Trace Plot together with the sampler's LATENT."),
+                _trace_output("the sampler's LATENT (it picks this model's run that made it)"),
             ],
-            hidden=[io.Hidden.unique_id],
-            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
-            # output of an identical node elsewhere in the graph.
-            not_idempotent=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs: Any) -> bool | str:
-        return validate_dng_inputs(**kwargs)
 
     @classmethod
     def execute(cls, model, empty_conditioning, **params) -> io.NodeOutput:
@@ -69,10 +86,10 @@ class DynamicNegativeGuidance(io.ComfyNode):
         return io.NodeOutput(patched, history)
 
 
-class DNGSampler(io.ComfyNode):
+class DNGSampler(_DNGNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return _schema(
             node_id="DNGSampler",
             display_name="DNG Sampler",
             category=CATEGORY,
@@ -93,9 +110,7 @@ class DNGSampler(io.ComfyNode):
                                        "exactly; deterministic ones are supported (see posterior_variance)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
                                tooltip="How the noise levels are spaced over the steps."),
-                io.Conditioning.Input("positive", tooltip="What the image should contain."),
-                io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
-                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                *_prompt_inputs(),
                 io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Amount of denoising applied; lower values keep more of the input latent."),
@@ -103,18 +118,9 @@ class DNGSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The denoised latent."),
-                TraceHandle.Output(display_name="trace", tooltip="The guidance record; connect to DNG Trace "
-                                   "Plot together with this node's LATENT."),
+                _trace_output("this node's LATENT"),
             ],
-            hidden=[io.Hidden.unique_id],
-            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
-            # output of an identical node elsewhere in the graph.
-            not_idempotent=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs: Any) -> bool | str:
-        return validate_dng_inputs(**kwargs)
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty_conditioning,
@@ -154,10 +160,10 @@ class Guider_DNG(comfy.samplers.CFGGuider):
         return result
 
 
-class DNGGuider(io.ComfyNode):
+class DNGGuider(_DNGNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return _schema(
             node_id="DNGGuider",
             display_name="Dynamic Negative Guidance Guider",
             category="sampling/custom_sampling/guiders",
@@ -166,27 +172,16 @@ class DNGGuider(io.ComfyNode):
                         "one batched model call.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to guide (left unchanged)."),
-                io.Conditioning.Input("positive", tooltip="What the image should contain."),
-                io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
-                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                *_prompt_inputs(),
                 io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale towards the positive prompt."),
                 *dng_inputs(),
             ],
             outputs=[
                 io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider."),
-                TraceHandle.Output(display_name="trace", tooltip="The guidance record; connect to DNG Trace "
-                                   "Plot together with the sampler's output LATENT."),
+                _trace_output("the sampler's output LATENT"),
             ],
-            hidden=[io.Hidden.unique_id],
-            # The node id is baked into the patch (live events are drawn on it): never reuse the cached
-            # output of an identical node elsewhere in the graph.
-            not_idempotent=True,
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs: Any) -> bool | str:
-        return validate_dng_inputs(**kwargs)
 
     @classmethod
     def execute(cls, model, positive, negative, empty_conditioning, cfg, **params) -> io.NodeOutput:

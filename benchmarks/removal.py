@@ -42,7 +42,7 @@ from benchmarks.common import (FEATURE_NOTE, RESULTS, SLD_PAPER, Bench, Scorer, 
 DNG_SETTINGS: dict[str, Any] = {"prior": 0.01, "temperature": 4.0, "offset": 0.0, "p_max": 0.8}
 # Per-estimator temperatures (the estimators weight the steps differently; the tuning pass found tau = 4 good
 # for both at prior 0.01, p_max 0.8).
-DNG_TEMPERATURE: dict[str, float] = {"kernel": 4.0, "step": 4.0}
+DNG_TEMPERATURE: dict[str, float] = {"kernel": 4.0, "step": 4.0, "auto": 4.0}
 
 FULL = {
     "n": 1000, "steps": 20, "samplers": ["euler_ancestral", "euler"], "estimators": ["kernel", "step"],
@@ -51,10 +51,11 @@ FULL = {
     "dng": {"euler_ancestral:kernel": [1.0, 2.0, 5.0, 10.0, 20.0],
             "euler_ancestral:step": [0.1, 0.2, 0.4, 0.8, 1.6],
             "euler:kernel": [5.0, 10.0, 20.0, 40.0, 80.0],
-            "euler:step": [2.0, 5.0, 10.0, 20.0, 40.0],
+            "euler:step": [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
             "default": [1.0, 2.0, 5.0, 10.0, 20.0, 40.0]},
-    "np": [0.2, 0.3, 0.4, 0.5, 0.75],
-    "sld": [0.3, 0.5, 0.75, 1.0, 2.0],
+    "np": [0.2, 0.3, 0.4, 0.5, 0.6, 0.75],
+    # s_g: at N = 300 s_g 0.5 left 1.7 % forbidden and s_g 2 already had KL 0.3-0.5 (euler / euler_ancestral)
+    "sld": [0.2, 0.35, 0.5, 0.75, 1.0, 1.5],
 }
 CI_ESTIMATOR = "kernel"
 CI = {
@@ -113,6 +114,21 @@ def run_point(bench: Bench, scorer: Scorer, method: str, sampler: str, steps: in
     if keep_samples:
         row["_samples"] = out.samples
     return row
+
+
+def find_row(rows: Sequence[dict], method: str, sampler: str, steps: int, n: int, seed: int, scale: float,
+             estimator: str | None = None) -> dict | None:
+    """The row of an earlier run of exactly this point (same patch-node inputs), for ``--resume``."""
+    prompt = point_prompt(method, sampler, steps, n, seed, scale, estimator)
+    params = ({k: v for k, v in prompt["10"]["inputs"].items() if k not in ("model", "empty_conditioning")}
+              if method == "dng" else None)
+    for r in rows:
+        if ((r["method"], r["sampler"], r["steps"], r["n"], r.get("seed"), r["scale"]) == (method, sampler, steps, n,
+                                                                                           seed, float(scale))
+                and r.get("estimator") == (estimator if method == "dng" else None)
+                and (params is None or r.get("dng_params") == params)):
+            return dict(r)
+    return None
 
 
 def dng_scales(config: dict, sampler: str, estimator: str) -> list[float]:
@@ -190,7 +206,7 @@ def write_markdown(path: Path, rows: Sequence[dict], summary: dict, meta: dict) 
     lines = [f"# Class removal on the digits8 reference model (remove digit 0)", "",
              f"Command: `{meta['command']}`  ", f"N = {meta['n']} samples per point, {meta['steps']} steps, "
              f"scheduler normal, seed {meta['seed']}; runtime {meta['runtime_s'] / 60:.1f} min on "
-             f"{meta['env']['threads']} thread(s).  ",
+             f"{meta['env']['threads']} thread(s){' (' + meta['runtime_note'] + ')' if 'runtime_note' in meta else ''}.  ",
              f"DNG posterior settings: {json.dumps(meta['dng_settings'])}; per-estimator temperature "
              f"{json.dumps(meta['dng_temperature'])}.  ",
              f"SLD: the paper's class-removal setting {json.dumps(SLD_PAPER)}; scale = KSampler cfg = s_g.  ",
@@ -260,7 +276,11 @@ def plot(path: Path, rows: Sequence[dict], metric: str, label: str) -> None:
             ax.plot([r["forbidden_pct"]], [r[metric]], "k*", markersize=11, label="plain")
         ax.axvline(MAX_FORBIDDEN, color="grey", lw=0.8, ls="--")
         ax.set_xscale("symlog", linthresh=1.0, linscale=1.0)
-        ax.set_xlim(left=-0.05)
+        ticks = [0, 0.5, 1, 2, 5, 10, 20, 50]
+        top = max(r["forbidden_pct"] for r in rs)
+        ax.set_xticks([t for t in ticks if t <= max(top * 1.5, 2)])
+        ax.set_xticklabels([f"{t:g}" for t in ticks if t <= max(top * 1.5, 2)])
+        ax.set_xlim(-0.05, top * 1.3 + 0.1)
         ax.set_xlabel("forbidden % (classifier says 0; linear below 1 %, log above)")
         ax.set_ylabel(label)
         ax.set_title(f"{sampler}, {rs[0]['steps']} steps, N = {rs[0]['n']}")
@@ -338,19 +358,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="sampler steps (default 20)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samplers", nargs="+", help="default: euler_ancestral euler (--ci: euler_ancestral)")
-    ap.add_argument("--estimators", nargs="+", choices=["kernel", "step"], help="DNG posterior_variance values")
+    ap.add_argument("--estimators", nargs="+", choices=["kernel", "step", "auto"],
+                    help="DNG posterior_variance values (auto = kernel for euler_ancestral, step for euler)")
     ap.add_argument("--methods", nargs="+", default=["plain", "dng", "np", "sld"],
                     choices=["plain", "dng", "np", "sld"])
     ap.add_argument("--dng", type=float, nargs="+", help="lambda0 values")
+    ap.add_argument("--prior", type=float, help="override DNG's prior (default DNG_SETTINGS)")
+    ap.add_argument("--temperature", type=float, help="override DNG's temperature (all estimators)")
+    ap.add_argument("--p-max", type=float, help="override DNG's p_max")
     ap.add_argument("--np", type=float, nargs="+", help="NP scales")
     ap.add_argument("--sld", type=float, nargs="+", help="SLD s_g (KSampler cfg) values")
     ap.add_argument("--out-prefix", help="output file prefix in benchmarks/results (default removal / removal_ci)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows already in <out-prefix>.json whose point (sampler, method, estimator, "
+                         "scale, N, steps, seed and the patch node's inputs) is unchanged; run only the rest")
     ap.add_argument("--merge", nargs="+", metavar="PREFIX",
                     help="no sampling: merge the rows of earlier runs (e.g. one per sampler, run in parallel) "
                          "into <out-prefix>.json and redo the summary, tables and plots")
     args = ap.parse_args(argv)
 
+    for key, name in (("prior", "prior"), ("p_max", "p_max")):
+        if getattr(args, key) is not None:
+            DNG_SETTINGS[name] = getattr(args, key)
+    if args.temperature is not None:
+        DNG_TEMPERATURE.update({k: args.temperature for k in DNG_TEMPERATURE})
     config = dict(CI if args.ci else FULL)
     for key in ("n", "steps", "samplers", "estimators", "dng", "np", "sld"):
         if getattr(args, key) is not None:
@@ -385,12 +417,22 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict] = []
     json_path = out_dir / f"{prefix}.json"
+    earlier = json.loads(json_path.read_text()) if args.resume and json_path.is_file() else []
+    reused = 0
     for sampler, method, est, scale in progress(sweep_points(config, args.methods), desc="removal points"):
-        r = run_point(bench, scorer, method, sampler, config["steps"], config["n"], args.seed, scale, est)
+        r = find_row(earlier, method, sampler, config["steps"], config["n"], args.seed, scale, est)
+        if r is not None:
+            reused += 1
+            r["reused"] = True
+        else:
+            r = run_point(bench, scorer, method, sampler, config["steps"], config["n"], args.seed, scale, est)
         rows.append(r)
         log(f"{sampler} {method}{':' + est if est else ''} scale={scale:g}: forbidden {r['forbidden_pct']:.1f} % "
-            f"KL {r['kl']:.3f} FD {r['fd_clf']:.2f} KID {r['kid_clf']:.3f} ({r['seconds']:.0f} s)")
+            f"KL {r['kl']:.3f} FD {r['fd_clf']:.2f} KID {r['kid_clf']:.3f} ({r['seconds']:.0f} s)"
+            + (" [reused]" if r.get("reused") else ""))
         json_path.write_text(json.dumps(rows, indent=1))  # partial results survive an interruption
+    if reused:
+        log(f"reused {reused} of {len(rows)} points from the earlier {json_path.name}")
 
     meta = {"command": command, "n": config["n"], "steps": config["steps"], "seed": args.seed,
             "runtime_s": round(time.perf_counter() - t0, 1), "env": environment(), "floor": scorer.floor(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -33,10 +33,21 @@ class PosteriorVariance(str, enum.Enum):
     ``STEP``: the surrogate (sigma_ve - sigma_ve')^2 (in the native space), used by third-party SD scripts for
     deterministic samplers, where x' is not a draw from the kernel and the kernel variance over-weights the
     (small) drift evidence of late steps.
+    ``AUTO``: ``KERNEL`` for stochastic samplers, ``STEP`` for deterministic ones (see ``resolve``).
     """
 
     KERNEL = "kernel"
     STEP = "step"
+    #: ``KERNEL`` for samplers whose steps inject fresh noise, ``STEP`` for deterministic ones; chosen on the
+    #: reference-model benchmark (docs/posterior_estimator.md). Resolved per run (``resolve``); where the
+    #: sampler is unknown it acts as ``KERNEL``, the paper's estimator.
+    AUTO = "auto"
+
+    def resolve(self, stochastic: bool | None) -> "PosteriorVariance":
+        """The concrete estimator for a sampler that injects noise (True), does not (False) or is unknown."""
+        if self is not PosteriorVariance.AUTO:
+            return self
+        return PosteriorVariance.STEP if stochastic is False else PosteriorVariance.KERNEL
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -77,6 +88,11 @@ class PosteriorConfig:
         if not (isinstance(self.offset, (int, float)) and math.isfinite(self.offset)):
             raise ValueError(f"offset must be a finite number, got {self.offset!r}")
         object.__setattr__(self, "variance", PosteriorVariance(self.variance))
+
+    def resolved(self, stochastic: bool | None) -> "PosteriorConfig":
+        """This config with ``variance`` AUTO replaced by the estimator for the run's sampler."""
+        variance = self.variance.resolve(stochastic)
+        return self if variance is self.variance else replace(self, variance=variance)
 
     def as_dict(self) -> dict[str, float | str]:
         out = asdict(self)
@@ -130,7 +146,7 @@ def posterior_increment(
     dims = tuple(range(1, x.dim()))
     diff = (shift * shift).sum(dim=dims) - 2.0 * (residual * shift).sum(dim=dims)
 
-    if config.variance is PosteriorVariance.KERNEL:
+    if config.variance is not PosteriorVariance.STEP:  # KERNEL, or AUTO for an unknown sampler
         variance = kernel.variance
     else:
         # (sigma_ve - sigma_ve')^2 in the state's units: sigma_ve = s / alpha, mapped by alpha'.

@@ -19,7 +19,7 @@ import abc
 import copy
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -213,8 +213,15 @@ class DNGRun(GuidedRun):
 
     def __init__(self, config: DNGConfig, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
                  parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
-                 on_step: StepListener | None = None) -> None:
-        super().__init__(schedule, config.as_dict(), concepts, parametrisation, on_step)
+                 on_step: StepListener | None = None, stochastic_sampler: bool | None = None) -> None:
+        # posterior variance AUTO becomes the estimator for this run's sampler; the trace records both.
+        requested = config.posterior.variance
+        config = replace(config, posterior=config.posterior.resolved(stochastic_sampler))
+        params = config.as_dict()
+        if requested is not config.posterior.variance:
+            params["variance_requested"] = requested.value
+        params["stochastic_sampler"] = stochastic_sampler
+        super().__init__(schedule, params, concepts, parametrisation, on_step)
         self.config = config
         self.trackers: list[PosteriorTracker] = []
         self._confirmed_inputs: _StepInputs | None = None

@@ -48,7 +48,7 @@ class NegativePromptingGuidance(io.ComfyNode):
     def execute(cls, model, empty_conditioning, scale) -> io.NodeOutput:
         NegativePromptRun(scale, [1.0, 0.0])  # validates scale now, not at the first sampler step
 
-        def make_run(sigmas, parametrisation, on_step):
+        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None):
             return NegativePromptRun(scale, sigmas, parametrisation=parametrisation, on_step=on_step)
 
         patched, history = patch_model(model, empty_conditioning, make_run, cls.hidden.unique_id,
@@ -104,7 +104,7 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
         else:
             raise ValueError(f"preset must be one of {[*SLD_PRESETS, _CUSTOM]}, got {preset!r}")
 
-        def make_run(sigmas, parametrisation, on_step):
+        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None):
             return SLDRun(config, sigmas, parametrisation=parametrisation, on_step=on_step)
 
         patched, history = patch_model(model, empty_conditioning, make_run, cls.hidden.unique_id,

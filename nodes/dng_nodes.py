@@ -20,8 +20,10 @@ CATEGORY = "sampling/dng"
 
 
 def dng_run_factory(config: DNGConfig, concepts: int = 1):
-    def make_run(sigmas: torch.Tensor, parametrisation: Parametrisation, on_step) -> DNGRun:
-        return DNGRun(config, sigmas, concepts=concepts, parametrisation=parametrisation, on_step=on_step)
+    def make_run(sigmas: torch.Tensor, parametrisation: Parametrisation, on_step,
+                 stochastic_sampler: bool | None = None) -> DNGRun:
+        return DNGRun(config, sigmas, concepts=concepts, parametrisation=parametrisation, on_step=on_step,
+                      stochastic_sampler=stochastic_sampler)
     return make_run
 
 

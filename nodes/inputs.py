@@ -37,15 +37,17 @@ def dng_inputs() -> list[io.Input]:
                        tooltip="Upper clamp of the posterior; bounds the scale at lambda0 * p_max / (1 - p_max) "
                                "(20 at the defaults)."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
-                       default=p.variance.value,
+                       default=PosteriorVariance.AUTO.value,
                        tooltip="How each step's evidence is normalised. 'kernel': the sampler's Gaussian "
-                               "transition variance, exact for ancestral samplers (the paper). 'step': "
-                               "(sigma - sigma_next)^2, a surrogate for deterministic samplers."),
+                               "transition variance, exact for ancestral / SDE samplers (the paper). 'step': "
+                               "(sigma - sigma_next)^2, a surrogate for deterministic samplers. 'auto' "
+                               "(default): kernel for samplers that add noise, step for deterministic ones "
+                               "(best on the pack's benchmark, docs/posterior_estimator.md)."),
     ]
 
 
 def dng_config(lambda0: float, prior: float, temperature: float, offset: float, p_min: float, p_max: float,
-               posterior_variance: str = PosteriorVariance.KERNEL.value, **_: Any) -> DNGConfig:
+               posterior_variance: str = PosteriorVariance.AUTO.value, **_: Any) -> DNGConfig:
     """The core config from node inputs; raises ValueError naming the input and the valid range."""
     return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max,
                                               PosteriorVariance(posterior_variance)))
@@ -58,7 +60,7 @@ def validate_dng_inputs(**kwargs: Any) -> bool | str:
         return True  # linked inputs are validated when they arrive (ValueError at execution)
     try:
         dng_config(**{k: kwargs[k] for k in keys},
-                   posterior_variance=kwargs.get("posterior_variance") or PosteriorVariance.KERNEL.value)
+                   posterior_variance=kwargs.get("posterior_variance") or PosteriorVariance.AUTO.value)
     except ValueError as err:
         return str(err)
     return True

@@ -32,7 +32,12 @@ log = logging.getLogger("comfyui-dng")
 RUN_KEY = "dng_guidance_run"
 WRAPPER_KEY = "dng_guidance"
 
-RunFactory = Callable[[torch.Tensor, Parametrisation, Callable[[GuidedRun, StepRecord], None]], GuidedRun]
+# make_run(sigmas, parametrisation, on_step, stochastic_sampler) -> the run of one sampling pass
+RunFactory = Callable[[torch.Tensor, Parametrisation, Callable[[GuidedRun, StepRecord], None], "bool | None"],
+                      GuidedRun]
+
+# k-diffusion sampler functions whose steps inject fresh noise (ComfyUI's sample_<name>; by default eta = 1).
+_STOCHASTIC_SAMPLER_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver")
 
 
 def parametrisation_of(model: Any) -> Parametrisation:
@@ -41,6 +46,21 @@ def parametrisation_of(model: Any) -> Parametrisation:
     if isinstance(sampling, comfy.model_sampling.CONST):
         return Parametrisation.RECTIFIED_FLOW
     return Parametrisation.VARIANCE_EXPLODING
+
+
+def sampler_is_stochastic(sampler: Any) -> bool | None:
+    """Whether a ComfyUI KSAMPLER's steps inject noise (DNG's 'auto' posterior variance: kernel if so, else
+    step); None where it can't be told (not a KSAMPLER), which 'auto' treats as stochastic (the paper's kernel)."""
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", None)
+    if not isinstance(name, str):
+        return None
+    options = getattr(sampler, "extra_options", None) or {}
+    try:  # SamplerEulerAncestral & co. with eta = 0 or s_noise = 0 are deterministic
+        if float(options.get("eta", 1.0)) == 0.0 or float(options.get("s_noise", 1.0)) == 0.0:
+            return False
+    except (TypeError, ValueError):
+        pass
+    return any(marker in name for marker in _STOCHASTIC_SAMPLER_MARKERS)
 
 
 @dataclass
@@ -122,7 +142,8 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
                          "them per model (chain the unpatched model instead).")
 
     def sampler_sample(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
-        run = make_run(sigmas, parametrisation_of(guider.inner_model), events)
+        run = make_run(sigmas, parametrisation_of(guider.inner_model), events,
+                       sampler_is_stochastic(getattr(executor, "class_obj", None)))
         slot = RunSlot(run=run, empty_cond=empty_cond, label=label)
         extra_args["model_options"].setdefault("transformer_options", {})[RUN_KEY] = slot
         events.run_start(run, len(sigmas) - 1)

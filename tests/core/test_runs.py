@@ -389,3 +389,29 @@ def test_history_finds_run_by_latent() -> None:
     assert history.find(x_c) is dup  # newest first
     with pytest.raises(ValueError):
         TraceHistory(max_runs=0)
+
+
+@pytest.mark.parametrize("stochastic, expected", [(True, "kernel"), (False, "step"), (None, "kernel")])
+def test_auto_posterior_variance_resolves_per_sampler(stochastic, expected) -> None:
+    """'auto' is the explicit estimator for the run's sampler: same posterior, same trace, recorded as resolved."""
+    from dng_core import PosteriorVariance
+
+    assert PosteriorVariance.AUTO.resolve(stochastic).value == expected
+    assert PosteriorVariance.KERNEL.resolve(False) is PosteriorVariance.KERNEL  # explicit choices stay
+    auto = DNGConfig(CONFIG.lambda0, PosteriorConfig(**{**CONFIG.posterior.as_dict(), "variance": "auto"}))
+    explicit = DNGConfig(CONFIG.lambda0, PosteriorConfig(**{**CONFIG.posterior.as_dict(), "variance": expected}))
+    other = DNGConfig(CONFIG.lambda0, PosteriorConfig(
+        **{**CONFIG.posterior.as_dict(), "variance": "step" if expected == "kernel" else "kernel"}))
+    finals = {}
+    for name, config in (("auto", auto), ("explicit", explicit), ("other", other)):
+        model = ToyModel()
+        run = DNGRun(config, SCHEDULE, stochastic_sampler=stochastic)
+        x, _ = sample_euler(make_denoiser(run, model), _x0(), SCHEDULE)
+        run.finish(x)
+        finals[name] = (run.final_posterior(), run.trace.params)
+    torch.testing.assert_close(finals["auto"][0], finals["explicit"][0], rtol=0, atol=0)
+    assert not torch.allclose(finals["auto"][0], finals["other"][0]), "the two estimators must differ here"
+    params = finals["auto"][1]
+    assert params["variance"] == expected and params["variance_requested"] == "auto"
+    assert params["stochastic_sampler"] is stochastic
+    assert "variance_requested" not in finals["explicit"][1]

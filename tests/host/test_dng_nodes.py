@@ -293,3 +293,65 @@ def test_three_predictions_share_one_batched_forward_pass(prompt_runner, pack_no
     latent = prompt_runner.output_of("4")[0][0]
     host.nodes.common_ksampler(patched, 0, 3, 7.0, "euler", "normal", positive, negative, latent)
     assert batches == [6, 6, 6]  # one call per step: (positive, negative, empty) x batch 2
+
+
+class _ToyDenoiser:
+    """Just enough of a wrapped ComfyUI model for k-diffusion's sampler functions to run on (shrinks x)."""
+
+    def __init__(self) -> None:
+        import comfy.model_sampling
+        from types import SimpleNamespace as NS
+
+        class Sampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+            pass
+
+        ms = Sampling()
+        self.inner_model = NS(inner_model=NS(model_sampling=ms), model_sampling=ms,
+                              model_patcher=NS(get_model_object=lambda name: ms))
+
+    def __call__(self, x, sigma, **_):
+        return x * 0.5 / (1 + sigma.view(-1, 1, 1, 1) ** 2) ** 0.5
+
+
+def test_sampler_noise_classification_matches_what_the_samplers_do(host, pack_nodes):
+    """'auto' picks the kernel for samplers that inject noise: check the name-based rule against each of
+    ComfyUI's sampler functions run twice with different noise seeds (same start): stochastic iff they differ."""
+    import comfy.samplers
+
+    classify = H.pack_module("nodes.patch").sampler_is_stochastic
+    sigmas = torch.tensor([14.6, 8.0, 4.5, 2.4, 1.2, 0.6, 0.28, 0.1, 0.0])
+    checked, expected_by_name = {}, {}
+    for name in comfy.samplers.KSAMPLER_NAMES:
+        sampler = comfy.samplers.sampler_object(name)
+        expected_by_name[name] = classify(sampler)
+        try:
+            outs = [sampler.sampler_function(_ToyDenoiser(), torch.full((1, 4, 8, 8), 3.0), sigmas.clone(),
+                                             extra_args={"seed": seed}, callback=None, disable=True,
+                                             **sampler.extra_options) for seed in (1, 2)]
+        except Exception:  # needs a real model (the *_cfg_pp samplers read the CFG function's output)
+            continue
+        checked[name] = not torch.equal(outs[0], outs[1])
+    print({n: (checked.get(n), expected_by_name[n]) for n in expected_by_name})
+    assert len(checked) >= 25, f"too few samplers ran on the toy model: {sorted(checked)}"
+    wrong = {n: (checked[n], expected_by_name[n]) for n in checked if checked[n] != expected_by_name[n]}
+    assert not wrong, f"(injects noise, classified stochastic) disagree for {wrong}"
+    assert {n for n, s in checked.items() if s} >= {"euler_ancestral", "dpmpp_2m_sde", "ddpm", "lcm"}
+    for name in ("ddim", "uni_pc", "uni_pc_bh2"):  # not k-diffusion functions; all deterministic
+        assert classify(comfy.samplers.sampler_object(name)) is False, name
+    assert classify(comfy.samplers.KSAMPLER(comfy.samplers.sampler_object("euler_ancestral").sampler_function,
+                                            extra_options={"eta": 0.0})) is False
+    assert classify(object()) is None
+
+
+@pytest.mark.parametrize("sampler, resolved", [("euler", "step"), ("euler_ancestral", "kernel")])
+def test_auto_posterior_variance_is_the_estimator_for_the_sampler(prompt_runner, pack_nodes, sampler, resolved):
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance="auto"))
+    auto = latent_of(prompt_runner).clone()
+    trace = trace_of(prompt_runner)
+    assert trace.params["variance"] == resolved and trace.params["variance_requested"] == "auto"
+    assert trace.params["stochastic_sampler"] is (resolved == "kernel")
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance=resolved))
+    torch.testing.assert_close(latent_of(prompt_runner), auto, rtol=0, atol=0)
+    other = "kernel" if resolved == "step" else "step"
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance=other))
+    assert not torch.equal(trace_of(prompt_runner).series("p"), trace.series("p")), "estimators must differ"

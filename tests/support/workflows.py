@@ -53,7 +53,7 @@ MODEL_SOURCES = {
 DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 PATCH_NODES = DNG_NODES | {"DNGNegativePrompting", "DNGSafeLatentDiffusion"}
 DNG_DEFAULTS = {"lambda0": 5.0, "prior": 0.01, "temperature": 0.2, "offset": 0.0002, "p_min": 1e-6, "p_max": 0.8,
-                "posterior_variance": "kernel"}
+                "posterior_variance": "auto"}
 
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # ComfyUI's "yellow" node colour, as its templates use for notes
 # LiteGraph group colours: yellow, pale blue, blue, green
@@ -314,7 +314,7 @@ def guider_custom_sampler() -> WorkflowSpec:
 
 # The reference digits model (reference_model/, shipped weights): offline, the demo `make demo` runs.
 REFERENCE_DNG = {"lambda0": 5.0, "prior": 0.25, "temperature": 0.25, "offset": 0.0, "p_min": 1e-6, "p_max": 0.99,
-                 "posterior_variance": "kernel"}
+                 "posterior_variance": "auto"}
 
 
 def reference_demo() -> WorkflowSpec:

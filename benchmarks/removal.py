@@ -57,7 +57,7 @@ FULL = {
     # s_g: at N = 300 s_g 0.5 left 1.7 % forbidden and s_g 2 already had KL 0.3-0.5 (euler / euler_ancestral)
     "sld": [0.2, 0.35, 0.5, 0.75, 1.0, 1.5],
 }
-CI_ESTIMATOR = "kernel"
+CI_ESTIMATOR = "auto"  # the node default (= kernel on euler_ancestral)
 CI = {
     "n": 500, "steps": 20, "samplers": ["euler_ancestral"], "estimators": [CI_ESTIMATOR],
     "dng": [2.0, 5.0, 10.0],

@@ -1,7 +1,8 @@
 """CI-size class-removal benchmark through the real host (benchmarks/removal.py, ``--ci`` configuration).
 
-Removes digit 0 from the pack's digits8 reference model with DNG and with negative prompting (paper form), both as
-the pack's nodes in an API prompt run by ComfyUI's executor, N = 500 samples per point, euler_ancestral, 20 steps,
+Removes digit 0 from the pack's digits8 reference model with DNG (posterior_variance auto, the default) and with
+negative prompting (paper form), both as the pack's nodes in an API prompt run by ComfyUI's executor, N = 500
+samples per point, euler_ancestral, 20 steps,
 and checks the paper's central claim at equal safety: DNG keeps the class histogram of the kept classes closer to
 uniform (lower KL) than negative prompting.
 

@@ -139,46 +139,93 @@ def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False, s
     return out
 
 
+def _calibrated_unet(model_config, seed: int, prefix: str, context_dim: int, y_dim: int | None = None,
+                     label: str = "tiny_checkpoint", log=print) -> dict:
+    """The host's own UNet for ``model_config`` (built on meta for the exact module tree), seeded random
+    weights, cross-attention scaled down and the output layer calibrated so that eps has unit std."""
+    import torch
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ops = comfy.ops.disable_weight_init
+    unet_meta = UNetModel(**model_config.unet_config, device="meta", operations=ops)
+    unet_sd = _fill_module(unet_meta, seed, prefix)
+    # Conditioning as a perturbation, as in a trained model: two random contexts then change eps by ~10%
+    # (about 35% at full scale), so cfg 7 does not dwarf the prediction itself.
+    for k in unet_sd:
+        if ".attn2.to_out.0.weight" in k:
+            unet_sd[k] = unet_sd[k] * CROSS_ATTN_SCALE
+    unet = UNetModel(**model_config.unet_config, device="cpu", operations=ops)
+    unet.load_state_dict(unet_sd, strict=True, assign=True)
+    unet.eval()
+    g = _key_generator(seed, prefix + "calibration")
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    ts = torch.tensor([999.0, 500.0])
+    ctx = torch.randn(2, 77, context_dim, generator=g)
+    extra = {"y": torch.randn(2, y_dim, generator=g)} if y_dim else {}
+    std = float(unet(x, ts, context=ctx, **extra).float().std())
+    if not math.isfinite(std) or std == 0:
+        raise RuntimeError(f"{label}: UNet calibration failed (std={std})")
+    unet_sd["out.2.weight"] = unet_sd["out.2.weight"] / std
+    unet_sd["out.2.bias"] = torch.zeros_like(unet_sd["out.2.bias"])
+    del unet
+    log(f"{label}: UNet {sum(v.numel() for v in unet_sd.values())/1e6:.2f} M params, raw eps std {std:.3g} -> 1")
+    return unet_sd
+
+
+def _calibrated_taesd(seed: int, prefix: str, scale: float, label: str = "tiny_checkpoint", log=print) -> dict:
+    """TAESD with seeded random weights, its last decoder layer calibrated to pixels ~ N(0.5, 0.2)."""
+    import torch
+    import comfy.taesd.taesd
+
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    vae_sd = _fill_module(taesd, seed, prefix, relu_gain=True)
+    vae_sd["vae_scale"] = torch.tensor(scale)
+    vae_sd["vae_shift"] = torch.tensor(0.0)
+    taesd.load_state_dict(vae_sd, strict=True, assign=True)
+    taesd.eval()
+    gv = _key_generator(seed, prefix + "calibration")
+    z = torch.randn(1, 4, 8, 8, generator=gv) / scale
+    img = taesd.taesd_decoder(z * scale)
+    last = max(k for k in vae_sd if k.startswith("taesd_decoder.") and k.endswith(".weight")
+               and vae_sd[k].dim() == 4 and vae_sd[k].shape[0] == 3)
+    # decode() returns (dec - 0.5) * 2; aim for pixels ~ N(0.5, 0.2) i.e. mostly inside [0, 1].
+    dstd = float(img.float().std())
+    if not math.isfinite(dstd) or dstd == 0:
+        raise RuntimeError(f"{label}: TAESD calibration failed (std={dstd})")
+    vae_sd[last] = vae_sd[last] * (0.2 / dstd)
+    bias_key = last[: -len("weight")] + "bias"
+    if bias_key in vae_sd:
+        vae_sd[bias_key] = torch.full_like(vae_sd[bias_key], 0.5)
+    del taesd
+    log(f"{label}: TAESD {sum(v.numel() for v in vae_sd.values())/1e6:.2f} M params")
+    return vae_sd
+
+
+def _checkpoint_state_dict(model_config, clip_sd: dict, vae_sd: dict, unet_sd: dict) -> dict:
+    """One checkpoint in the host's own key conventions for this model family, fp16."""
+    import torch
+
+    sd: dict = {}
+    sd.update(model_config.process_clip_state_dict_for_saving(clip_sd))
+    sd.update(model_config.process_vae_state_dict_for_saving(vae_sd))
+    sd.update(model_config.process_unet_state_dict_for_saving(unet_sd))
+    return {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+
+
 def build_state_dict(seed: int = 0, log=print) -> dict:
     """The full checkpoint state dict (fp16 tensors, host key names). Needs the host importable."""
     from .host import import_host
 
     import_host(builtin_nodes=False)
     import torch
-    import comfy.ops
     import comfy.supported_models
-    import comfy.taesd.taesd
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     t0 = time.perf_counter()
     model_config = comfy.supported_models.SD15(dict(TINY_UNET_CONFIG))
-    ops = comfy.ops.disable_weight_init
 
     with torch.inference_mode(False), torch.no_grad():
-        # --- UNet: build on meta to get the exact module tree, fill, calibrate on CPU -----------------------
-        unet_meta = UNetModel(**model_config.unet_config, device="meta", operations=ops)
-        unet_sd = _fill_module(unet_meta, seed, "unet.")
-        # Conditioning as a perturbation, as in a trained model: two random contexts then change eps by ~10%
-        # (about 35% at full scale), so cfg 7 does not dwarf the prediction itself.
-        for k in unet_sd:
-            if ".attn2.to_out.0.weight" in k:
-                unet_sd[k] = unet_sd[k] * CROSS_ATTN_SCALE
-        unet = UNetModel(**model_config.unet_config, device="cpu", operations=ops)
-        unet.load_state_dict(unet_sd, strict=True, assign=True)
-        unet.eval()
-        g = _key_generator(seed, "unet.calibration")
-        x = torch.randn(2, 4, 8, 8, generator=g)
-        ts = torch.tensor([999.0, 500.0])
-        ctx = torch.randn(2, 77, 768, generator=g)
-        y = unet(x, ts, context=ctx)
-        std = float(y.float().std())
-        if not math.isfinite(std) or std == 0:
-            raise RuntimeError(f"tiny UNet calibration failed (std={std})")
-        unet_sd["out.2.weight"] = unet_sd["out.2.weight"] / std
-        unet_sd["out.2.bias"] = torch.zeros_like(unet_sd["out.2.bias"])
-        del unet
-        log(f"tiny_checkpoint: UNet {sum(v.numel() for v in unet_sd.values())/1e6:.2f} M params, "
-            f"raw eps std {std:.3g} -> 1")
+        unet_sd = _calibrated_unet(model_config, seed, "unet.", context_dim=768, label="tiny_checkpoint", log=log)
 
         # --- CLIP-L: the host's own text encoder class for SD15 ---------------------------------------------
         clip_target = model_config.clip_target(state_dict={})
@@ -191,35 +238,9 @@ def build_state_dict(seed: int = 0, log=print) -> dict:
                 clip_sd[k] = torch.eye(clip_sd[k].shape[0])
         log(f"tiny_checkpoint: CLIP {sum(v.numel() for v in clip_sd.values())/1e6:.2f} M params")
 
-        # --- TAESD VAE -----------------------------------------------------------------------------------
-        taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
-        vae_sd = _fill_module(taesd, seed, "vae.", relu_gain=True)
-        vae_sd["vae_scale"] = torch.tensor(TAESD_SD1_SCALE)
-        vae_sd["vae_shift"] = torch.tensor(0.0)
-        taesd.load_state_dict(vae_sd, strict=True, assign=True)
-        taesd.eval()
-        gv = _key_generator(seed, "vae.calibration")
-        z = torch.randn(1, 4, 8, 8, generator=gv) / TAESD_SD1_SCALE
-        img = taesd.taesd_decoder(z * TAESD_SD1_SCALE)
-        last = max(k for k in vae_sd if k.startswith("taesd_decoder.") and k.endswith(".weight")
-                   and vae_sd[k].dim() == 4 and vae_sd[k].shape[0] == 3)
-        # decode() returns (dec - 0.5) * 2; aim for pixels ~ N(0.5, 0.2) i.e. mostly inside [0, 1].
-        dstd = float(img.float().std())
-        if not math.isfinite(dstd) or dstd == 0:
-            raise RuntimeError(f"tiny TAESD calibration failed (std={dstd})")
-        vae_sd[last] = vae_sd[last] * (0.2 / dstd)
-        bias_key = last[: -len("weight")] + "bias"
-        if bias_key in vae_sd:
-            vae_sd[bias_key] = torch.full_like(vae_sd[bias_key], 0.5)
-        del taesd
-        log(f"tiny_checkpoint: TAESD {sum(v.numel() for v in vae_sd.values())/1e6:.2f} M params")
+        vae_sd = _calibrated_taesd(seed, "vae.", TAESD_SD1_SCALE, label="tiny_checkpoint", log=log)
 
-    # --- the host's own key conventions for an SD1.x checkpoint ------------------------------------------
-    sd: dict = {}
-    sd.update(model_config.process_clip_state_dict_for_saving(clip_sd))
-    sd.update(model_config.process_vae_state_dict_for_saving(vae_sd))
-    sd.update(model_config.process_unet_state_dict_for_saving(unet_sd))
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    sd = _checkpoint_state_dict(model_config, clip_sd, vae_sd, unet_sd)
     log(f"tiny_checkpoint: {len(sd)} tensors built in {time.perf_counter() - t0:.1f} s")
     return sd
 
@@ -334,37 +355,13 @@ def build_sdxl_state_dict(seed: int = 0, log=print) -> dict:
 
     import_host(builtin_nodes=False)
     import torch
-    import comfy.ops
     import comfy.supported_models
-    import comfy.taesd.taesd
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     t0 = time.perf_counter()
     model_config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET_CONFIG))
-    ops = comfy.ops.disable_weight_init
     with torch.inference_mode(False), torch.no_grad():
-        unet_meta = UNetModel(**model_config.unet_config, device="meta", operations=ops)
-        unet_sd = _fill_module(unet_meta, seed, "sdxl.unet.")
-        for k in unet_sd:
-            if ".attn2.to_out.0.weight" in k:
-                unet_sd[k] = unet_sd[k] * CROSS_ATTN_SCALE
-        unet = UNetModel(**model_config.unet_config, device="cpu", operations=ops)
-        unet.load_state_dict(unet_sd, strict=True, assign=True)
-        unet.eval()
-        g = _key_generator(seed, "sdxl.unet.calibration")
-        x = torch.randn(2, 4, 8, 8, generator=g)
-        ts = torch.tensor([999.0, 500.0])
-        ctx = torch.randn(2, 77, 2048, generator=g)
-        y = torch.randn(2, 2816, generator=g)
-        out = unet(x, ts, context=ctx, y=y)
-        std = float(out.float().std())
-        if not math.isfinite(std) or std == 0:
-            raise RuntimeError(f"tiny SDXL UNet calibration failed (std={std})")
-        unet_sd["out.2.weight"] = unet_sd["out.2.weight"] / std
-        unet_sd["out.2.bias"] = torch.zeros_like(unet_sd["out.2.bias"])
-        del unet
-        log(f"tiny_checkpoint[sdxl]: UNet {sum(v.numel() for v in unet_sd.values())/1e6:.1f} M params, "
-            f"raw eps std {std:.3g} -> 1 ({time.perf_counter() - t0:.1f} s)")
+        unet_sd = _calibrated_unet(model_config, seed, "sdxl.unet.", context_dim=2048, y_dim=2816,
+                                   label="tiny_checkpoint[sdxl]", log=log)
 
         # The text encoders have fixed configs (CLIP-G alone: 32 layers, 695 M parameters) and the host leaves
         # weights missing from a checkpoint as uninitialised memory, so every key is written; drawing layer 0
@@ -390,31 +387,9 @@ def build_sdxl_state_dict(seed: int = 0, log=print) -> dict:
         log(f"tiny_checkpoint[sdxl]: CLIP-L + CLIP-G {sum(v.numel() for v in clip_sd.values())/1e6:.0f} M params "
             f"({time.perf_counter() - t0:.1f} s)")
 
-        taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
-        vae_sd = _fill_module(taesd, seed, "sdxl.vae.", relu_gain=True)
-        vae_sd["vae_scale"] = torch.tensor(TAESD_SDXL_SCALE)
-        vae_sd["vae_shift"] = torch.tensor(0.0)
-        taesd.load_state_dict(vae_sd, strict=True, assign=True)
-        taesd.eval()
-        gv = _key_generator(seed, "sdxl.vae.calibration")
-        z = torch.randn(1, 4, 8, 8, generator=gv) / TAESD_SDXL_SCALE
-        img = taesd.taesd_decoder(z * TAESD_SDXL_SCALE)
-        last = max(k for k in vae_sd if k.startswith("taesd_decoder.") and k.endswith(".weight")
-                   and vae_sd[k].dim() == 4 and vae_sd[k].shape[0] == 3)
-        dstd = float(img.float().std())
-        if not math.isfinite(dstd) or dstd == 0:
-            raise RuntimeError(f"tiny SDXL TAESD calibration failed (std={dstd})")
-        vae_sd[last] = vae_sd[last] * (0.2 / dstd)
-        bias_key = last[: -len("weight")] + "bias"
-        if bias_key in vae_sd:
-            vae_sd[bias_key] = torch.full_like(vae_sd[bias_key], 0.5)
-        del taesd
+        vae_sd = _calibrated_taesd(seed, "sdxl.vae.", TAESD_SDXL_SCALE, label="tiny_checkpoint[sdxl]", log=log)
 
-    sd: dict = {}
-    sd.update(model_config.process_clip_state_dict_for_saving(clip_sd))
-    sd.update(model_config.process_vae_state_dict_for_saving(vae_sd))
-    sd.update(model_config.process_unet_state_dict_for_saving(unet_sd))
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
+    sd = _checkpoint_state_dict(model_config, clip_sd, vae_sd, unet_sd)
     log(f"tiny_checkpoint[sdxl]: {len(sd)} tensors built in {time.perf_counter() - t0:.1f} s")
     return sd
 

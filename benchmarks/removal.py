@@ -52,6 +52,8 @@ FULL = {
             "euler_ancestral:step": [0.1, 0.2, 0.4, 0.8, 1.6],
             "euler:kernel": [5.0, 10.0, 20.0, 40.0, 80.0],
             "euler:step": [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
+            "dpmpp_2m:kernel": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
+            "dpmpp_2m:step": [5.0, 10.0, 20.0, 40.0, 80.0, 160.0],
             "default": [1.0, 2.0, 5.0, 10.0, 20.0, 40.0]},
     "np": [0.2, 0.3, 0.4, 0.5, 0.6, 0.75],
     # s_g: at N = 300 s_g 0.5 left 1.7 % forbidden and s_g 2 already had KL 0.3-0.5 (euler / euler_ancestral)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -205,7 +204,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def write_markdown(path: Path, rows: Sequence[dict], summary: dict, meta: dict) -> None:
-    lines = [f"# Class removal on the digits8 reference model (remove digit 0)", "",
+    lines = ["# Class removal on the digits8 reference model (remove digit 0)", "",
              f"Command: `{meta['command']}`  ", f"N = {meta['n']} samples per point, {meta['steps']} steps, "
              f"scheduler normal, seed {meta['seed']}; runtime {meta['runtime_s'] / 60:.1f} min on "
              f"{meta['env']['threads']} thread(s){' (' + meta['runtime_note'] + ')' if 'runtime_note' in meta else ''}.  ",

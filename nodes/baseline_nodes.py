@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from comfy_api.latest import io
 
 from ..dng_core import LAMBDA0_MAX, SLD_PRESETS, NegativePromptRun, SLDConfig, SLDRun

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from typing_extensions import override
 
 import comfy.samplers
 import node_helpers

@@ -176,7 +176,7 @@ def install_cfg_hooks(model: Any, label: str) -> None:
     previous_batch = options.get("sampler_calc_cond_batch_function")
 
     def calc_cond_batch(args: dict) -> list[torch.Tensor]:
-        conds, x, sigma, base = args["conds"], args["input"], args["sigma"], args["model"]
+        conds, x, base = args["conds"], args["input"], args["model"]
         model_options = args["model_options"]
         slot = current_slot(model_options)
         if slot is None or slot.empty_cond is None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -49,3 +50,15 @@ def server_pack_nodes(comfy_server) -> dict:
         pytest.fail(f"the server lists no nodes from custom_nodes.{PACK_NAME}:\n{comfy_server.log_tail(80)}",
                     pytrace=False)
     return mine
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless chromium with the real frontend's pages (tests/support/workflows.py: Browser)."""
+    from tests.support.workflows import Browser, browser_missing_reason
+
+    reason = browser_missing_reason()
+    if reason:
+        # make test installs both (scripts/setup_env.sh); in CI a missing browser is a failure, not a skip
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+    return Browser.get()

@@ -22,26 +22,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 
 import pytest
 
 from tests.support.host import CHECKPOINT_NAME, PACK_NAME
 from tests.support.workflows import (
-    SD15_CKPT, Browser, artifacts_dir, browser_missing_reason, screenshot_nodes, swap_models,
+    SD15_CKPT, artifacts_dir, screenshot_nodes, swap_models,
 )
 
 EXTENSION = "dng.live_curve"
 CURVE_COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373"]  # web/dng_live.js COLORS[0:4]
 
-
-@pytest.fixture(scope="session")
-def browser():
-    reason = browser_missing_reason()
-    if reason:
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
-    return Browser.get()
 
 
 @pytest.fixture(scope="module")

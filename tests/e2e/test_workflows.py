@@ -19,7 +19,7 @@ import pytest
 from scripts.comfy_workflow import FRONTEND_ONLY, workflow_to_prompt
 from tests.support.host import CHECKPOINT_NAME, PACK_NAME
 from tests.support.workflows import (
-    PATCH_NODES, SD15_CKPT, SDXL_CKPT, Browser, browser_missing_reason, shipped, shrink_prompt, specs,
+    PATCH_NODES, SD15_CKPT, SDXL_CKPT, shipped, shrink_prompt, specs,
     swap_models, widget_inputs, build_workflow, canonical,
 )
 
@@ -28,14 +28,6 @@ MODELS = {SD15_CKPT: CHECKPOINT_NAME, SDXL_CKPT: SDXL_TINY_NAME}
 STEPS = 4
 SPECS = {s.name: s for s in specs()}
 
-
-@pytest.fixture(scope="session")
-def browser():
-    reason = browser_missing_reason()
-    if reason:
-        # make test installs both (scripts/setup_env.sh); in CI a missing browser is a failure, not a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
-    return Browser.get()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ checkpoint. Random weights prove plumbing: step counts, batching, caching, trace
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch

@@ -277,14 +277,10 @@ def _file_lock(lock_path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def get_tiny_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:
-    """Path of the cached tiny checkpoint, building it first if needed (under a file lock).
-
-    Cached under ``.cache/tiny_checkpoints/`` keyed by host version, seed and BUILDER_VERSION. If the host is
-    not already imported in this process the build runs in a subprocess (``in_process=None``), so that a
-    caller that only drives a server does not import torch/comfy itself.
-    """
-    path = cache_path(seed)
+def _cached_build(path: Path, build, cli_flags: list[str], label: str, seed: int, in_process: bool | None,
+                  log) -> Path:
+    """``path`` if it exists, else build it under a file lock: in this process if the host is already imported
+    (or ``in_process``), otherwise in a subprocess (``python -m tests.support.tiny_checkpoint``)."""
     if path.exists():
         return path
     with _file_lock(path.with_suffix(".lock")):
@@ -293,18 +289,28 @@ def get_tiny_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=pr
         if in_process is None:
             in_process = "comfy.model_management" in sys.modules
         if in_process:
-            build_tiny_sd15_checkpoint(path, seed=seed, log=log)
+            build(path, seed=seed, log=log)
         else:
             import subprocess
 
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env.pop("PYTHONPATH", None)
-            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", str(path), "--seed", str(seed)]
+            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", *cli_flags, str(path), "--seed", str(seed)]
             r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
             if r.returncode != 0 or not path.exists():
-                raise RuntimeError(f"building the tiny checkpoint failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+                raise RuntimeError(f"building the {label} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}")
             log(r.stdout.strip())
     return path
+
+
+def get_tiny_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:
+    """Path of the cached tiny checkpoint, building it first if needed (under a file lock).
+
+    Cached under ``.cache/tiny_checkpoints/`` keyed by host version, seed and BUILDER_VERSION. If the host is
+    not already imported in this process the build runs in a subprocess (``in_process=None``), so that a
+    caller that only drives a server does not import torch/comfy itself.
+    """
+    return _cached_build(cache_path(seed), build_tiny_sd15_checkpoint, [], "tiny checkpoint", seed, in_process, log)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -441,28 +447,8 @@ def _check_sdxl_checkpoint(path: Path, log=print) -> None:
 def get_tiny_sdxl_checkpoint(seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:
     """Like :func:`get_tiny_checkpoint`, for the tiny SDXL checkpoint (~1.8 GB, ~30 s to build; cached under
     ``.cache/tiny_checkpoints/``)."""
-    path = sdxl_cache_path(seed)
-    if path.exists():
-        return path
-    with _file_lock(path.with_suffix(".lock")):
-        if path.exists():
-            return path
-        if in_process is None:
-            in_process = "comfy.model_management" in sys.modules
-        if in_process:
-            build_tiny_sdxl_checkpoint(path, seed=seed, log=log)
-        else:
-            import subprocess
-
-            env = dict(os.environ, OMP_NUM_THREADS="1")
-            env.pop("PYTHONPATH", None)
-            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", "--sdxl", str(path), "--seed", str(seed)]
-            r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
-            if r.returncode != 0 or not path.exists():
-                raise RuntimeError(f"building the tiny SDXL checkpoint failed ({r.returncode}):\n{r.stdout}\n"
-                                   f"{r.stderr[-5000:]}")
-            log(r.stdout.strip())
-    return path
+    return _cached_build(sdxl_cache_path(seed), build_tiny_sdxl_checkpoint, ["--sdxl"], "tiny SDXL checkpoint",
+                         seed, in_process, log)
 
 
 def main(argv=None) -> int:

@@ -162,15 +162,19 @@ def _single(name, description, p, note_text, note_height) -> WorkflowSpec:
         notes=[Note(note_text, (340, note_height))], thumbnail=["3", "4", "10", "11", "14"])
 
 
+def _add_dng_chain(p: dict, seed: int, steps: int, cfg: float, prefix: str) -> None:
+    """DNG patch ("10") -> KSampler ("11") -> VAE Decode ("12") -> Save ("13"), and the trace plot ("14")."""
+    p["10"] = _node("DynamicNegativeGuidance", "Dynamic Negative Guidance", model=["1", 0],
+                    empty_conditioning=["4", 0], **DNG_DEFAULTS)
+    p["11"] = _ksampler(("10", 0), seed, steps, cfg)
+    p["12"] = _node("VAEDecode", "VAE Decode", samples=["11", 0], vae=["1", 2])
+    p["13"] = _save(("12", 0), prefix)
+    p["14"] = _plot(("10", 1), ("11", 0))
+
 def sd15_txt2img() -> WorkflowSpec:
     p = _base(SD15_CKPT, "a cozy living room with a pet sleeping on the sofa, photograph, soft window light",
               "a dog", 512, 512, 2)
-    p["10"] = _node("DynamicNegativeGuidance", "Dynamic Negative Guidance", model=["1", 0],
-                    empty_conditioning=["4", 0], **DNG_DEFAULTS)
-    p["11"] = _ksampler(("10", 0), 1234, 25, 7.0)
-    p["12"] = _node("VAEDecode", "VAE Decode", samples=["11", 0], vae=["1", 2])
-    p["13"] = _save(("12", 0), "dng_sd15")
-    p["14"] = _plot(("10", 1), ("11", 0))
+    _add_dng_chain(p, 1234, 25, 7.0, "dng_sd15")
     note = ("SD1.5 text-to-image with Dynamic Negative Guidance (DNG).\n\n" + _DNG_HOW + "\n\n"
             "Here: a living room with a pet, without dogs. The batch of 2 shows that the guidance is tracked per "
             "image: while sampling, the DNG node draws lambda_t and p_t live, one line per image; DNG Trace Plot "
@@ -185,12 +189,7 @@ def sd15_txt2img() -> WorkflowSpec:
 def sdxl() -> WorkflowSpec:
     p = _base(SDXL_CKPT, "a red vintage bicycle leaning against a wall in a sunny street, photograph",
               "a car", 1024, 1024, 1)
-    p["10"] = _node("DynamicNegativeGuidance", "Dynamic Negative Guidance", model=["1", 0],
-                    empty_conditioning=["4", 0], **DNG_DEFAULTS)
-    p["11"] = _ksampler(("10", 0), 42, 30, 6.0)
-    p["12"] = _node("VAEDecode", "VAE Decode", samples=["11", 0], vae=["1", 2])
-    p["13"] = _save(("12", 0), "dng_sdxl")
-    p["14"] = _plot(("10", 1), ("11", 0))
+    _add_dng_chain(p, 42, 30, 6.0, "dng_sdxl")
     note = ("SDXL with Dynamic Negative Guidance (DNG), 1024x1024.\n\n" + _DNG_HOW + "\n\n"
             "Here: a street scene without cars. The wiring is the same as for SD1.5; the patch works with any "
             "model ComfyUI samples with a KSampler, SDXL's size conditioning included.\n\n"

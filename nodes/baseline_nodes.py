@@ -5,11 +5,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..dng_core import LAMBDA0_MAX, SLD_PRESETS, NegativePromptRun, SLDConfig, SLDRun
-from .dng_nodes import _EMPTY_TOOLTIP, CATEGORY
+from .dng_nodes import _EMPTY_TOOLTIP
 from .inputs import TraceHandle
 from .patch import patch_model
-
-_BASELINES = CATEGORY + "/baselines"
+from .schema import BASELINES_CATEGORY, advanced, schema
 _CUSTOM = "custom"
 
 _MODEL_OUT = io.Model.Output(display_name="MODEL", tooltip="The patched model; use it in a KSampler whose "
@@ -21,10 +20,11 @@ _TRACE_OUT = TraceHandle.Output(display_name="trace", tooltip="Per-step record o
 class NegativePromptingGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="DNGNegativePrompting",
             display_name="Negative Prompting (paper form)",
-            category=_BASELINES,
+            category=BASELINES_CATEGORY,
+            search_aliases=["negative prompt", "np", "baseline"],
             description="Baseline for comparison with DNG: D = D_empty + cfg (D_pos - D_empty) - scale (D_neg - "
                         "D_empty) with a constant scale, the negative prompting analysed in the DNG paper. "
                         "(ComfyUI's ordinary negative prompt instead replaces the unconditional prediction.)",
@@ -58,10 +58,11 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         medium = SLD_PRESETS["medium"]
-        return io.Schema(
+        return schema(
             node_id="DNGSafeLatentDiffusion",
             display_name="Safe Latent Diffusion (baseline)",
-            category=_BASELINES,
+            category=BASELINES_CATEGORY,
+            search_aliases=["sld", "safe latent diffusion", "concept removal", "baseline"],
             description="Baseline for comparison with DNG: Safe Latent Diffusion (Schramowski et al. 2023) in "
                         "diffusers' form, with the KSampler's negative as the safety concept.",
             inputs=[
@@ -71,17 +72,17 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
                                tooltip="SLD presets: weak / medium (diffusers default) / strong / max from the "
                                        "SLD paper; paper_class_removal: the DNG paper's tuned setting; custom: "
                                        "use the values below."),
-                io.Int.Input("warmup", default=medium.warmup, min=0, max=10000,
+                io.Int.Input("warmup", default=medium.warmup, min=0, max=10000, **advanced(),
                              tooltip="custom only: steps before the safety guidance is applied."),
-                io.Float.Input("safety_scale", default=medium.guidance_scale, min=0.0, max=100000.0, step=1.0,
+                io.Float.Input("safety_scale", default=medium.guidance_scale, min=0.0, max=100000.0, step=1.0, **advanced(),
                                tooltip="custom only: s_S, element-wise safety guidance scale."),
-                io.Float.Input("threshold", default=medium.threshold, min=-10.0, max=10.0, step=0.001,
+                io.Float.Input("threshold", default=medium.threshold, min=-10.0, max=10.0, step=0.001, **advanced(),
                                round=1e-5,
                                tooltip="custom only: elements where eps_pos - eps_safety >= threshold get no "
                                        "safety guidance."),
-                io.Float.Input("momentum_scale", default=medium.momentum_scale, min=0.0, max=100.0, step=0.01,
+                io.Float.Input("momentum_scale", default=medium.momentum_scale, min=0.0, max=100.0, step=0.01, **advanced(),
                                tooltip="custom only: s_m, weight of the safety momentum."),
-                io.Float.Input("momentum_beta", default=medium.momentum_beta, min=0.0, max=0.999, step=0.01,
+                io.Float.Input("momentum_beta", default=medium.momentum_beta, min=0.0, max=0.999, step=0.01, **advanced(),
                                tooltip="custom only: beta_m, momentum decay in [0, 1)."),
             ],
             outputs=[_MODEL_OUT, _TRACE_OUT],

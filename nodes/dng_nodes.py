@@ -14,8 +14,10 @@ from comfy_api.latest import io
 from ..dng_core import DNGConfig, DNGRun, Parametrisation, TraceHistory
 from .inputs import TraceHandle, dng_config, dng_inputs, validate_dng_inputs
 from .patch import StepEvents, current_slot, install_run_wrapper, patch_model
+from .schema import CATEGORY, GUIDERS_CATEGORY, schema
 
-CATEGORY = "sampling/dng"
+# what people type when they look for a node like this one (hosts without search aliases ignore them)
+SEARCH_ALIASES = ["dng", "negative prompt", "concept removal", "dynamic negative guidance"]
 
 
 def dng_run_factory(config: DNGConfig, concepts: int = 1):
@@ -45,7 +47,7 @@ def _trace_output(connect_with: str) -> io.Output:
 def _schema(**fields: Any) -> io.Schema:
     # The node id is baked into the patch (live events are drawn on it): never reuse the cached output of an
     # identical node elsewhere in the graph.
-    return io.Schema(hidden=[io.Hidden.unique_id], not_idempotent=True, **fields)
+    return schema(hidden=[io.Hidden.unique_id], not_idempotent=True, search_aliases=SEARCH_ALIASES, **fields)
 
 
 class _DNGNode(io.ComfyNode):
@@ -167,7 +169,7 @@ class DNGGuider(_DNGNode):
         return _schema(
             node_id="DNGGuider",
             display_name="Dynamic Negative Guidance Guider",
-            category="sampling/custom_sampling/guiders",
+            category=GUIDERS_CATEGORY,
             description="A GUIDER for SamplerCustomAdvanced that applies CFG towards the positive prompt and "
                         "Dynamic Negative Guidance away from the negative one, with the three predictions in "
                         "one batched model call.",

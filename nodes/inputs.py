@@ -7,6 +7,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorVariance
+from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
 
@@ -27,17 +28,17 @@ def dng_inputs() -> list[io.Input]:
         io.Float.Input("temperature", default=p.temperature, min=1e-4, max=10.0, step=0.01, round=1e-4,
                        tooltip="Weight tau of each step's evidence. Lower = smoother, slower posterior; "
                                "higher = reacts faster but noisier. Paper: about 0.2."),
-        io.Float.Input("offset", default=p.offset, min=-1.0, max=1.0, step=0.00001, round=1e-7,
+        io.Float.Input("offset", default=p.offset, min=-1.0, max=1.0, step=0.00001, round=1e-7, **advanced(),
                        tooltip="Per-step bias delta towards the concept (a time-dependent prior). Small "
                                "positive values (2e-4) let the posterior rise when both predictions agree; "
                                "0 disables it."),
-        io.Float.Input("p_min", default=p.p_min, min=1e-9, max=0.5, step=1e-6, round=1e-9,
+        io.Float.Input("p_min", default=p.p_min, min=1e-9, max=0.5, step=1e-6, round=1e-9, **advanced(),
                        tooltip="Lower clamp of the posterior; keeps it able to recover. Must be below p_max."),
-        io.Float.Input("p_max", default=p.p_max, min=0.5, max=0.999999, step=0.001, round=1e-6,
+        io.Float.Input("p_max", default=p.p_max, min=0.5, max=0.999999, step=0.001, round=1e-6, **advanced(),
                        tooltip="Upper clamp of the posterior; bounds the scale at lambda0 * p_max / (1 - p_max) "
                                "(20 at the defaults)."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
-                       default=PosteriorVariance.AUTO.value,
+                       default=PosteriorVariance.AUTO.value, **advanced(),
                        tooltip="How each step's evidence is normalised. 'kernel': the sampler's Gaussian "
                                "transition variance, exact for ancestral / SDE samplers (the paper). 'step': "
                                "(sigma - sigma_next)^2, a surrogate for deterministic samplers. 'auto' "

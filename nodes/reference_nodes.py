@@ -14,8 +14,7 @@ import comfy.supported_models_base
 from comfy_api.latest import io
 
 from ..reference_model import NULL_LABEL, WEIGHTS_DIR, TinyUNet, UNetConfig, load_denoiser
-
-CATEGORY = "sampling/dng/reference model"
+from .schema import REFERENCE_CATEGORY as CATEGORY
 EMPTY_LABEL = "empty (unconditional)"
 _NOTE = " Reference model of the DNG pack for the offline demo and the class-removal benchmark."
 

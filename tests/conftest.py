@@ -2,7 +2,7 @@
 
 * ``repo_root`` fixture.
 * Tests under tests/host and tests/e2e (or marked ``host`` / ``e2e``) are marked accordingly and skipped with a
-  clear reason when the ComfyUI host (.host/ComfyUI) is missing; tests/core never needs it.
+  clear reason when the selected ComfyUI host (.host/ComfyUI-<version>, DNG_HOST) is missing; tests/core never needs it.
 * ``rig_timings`` fixture: a dict; whatever tests put in it is printed at the end of the run.
 """
 

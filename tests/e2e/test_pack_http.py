@@ -25,15 +25,46 @@ def _valid_png(raw: bytes) -> tuple[int, int]:
         return im.size
 
 
+# Where the nodes sit in the node library: ComfyUI's own sampling tree since 0.33 (nodes/schema.py)
+CATEGORIES = {
+    "DynamicNegativeGuidance": "model/sampling/dng", "DNGSampler": "model/sampling/dng",
+    "DNGTracePlot": "model/sampling/dng", "DNGGuider": "model/sampling/guiders",
+    "DNGNegativePrompting": "model/sampling/dng/baselines", "DNGSafeLatentDiffusion": "model/sampling/dng/baselines",
+    **{n: "model/sampling/dng/reference model" for n in ("DNGReferenceModelLoader", "DNGDigitConditioning",
+                                                           "DNGEmptyDigitLatent", "DNGDigitsToImage")},
+}
+# The secondary knobs, folded away where the host supports advanced inputs
+_DNG_ADVANCED = {"offset", "p_min", "p_max", "posterior_variance"}
+ADVANCED = {"DynamicNegativeGuidance": _DNG_ADVANCED, "DNGSampler": _DNG_ADVANCED, "DNGGuider": _DNG_ADVANCED,
+            "DNGSafeLatentDiffusion": {"warmup", "safety_scale", "threshold", "momentum_scale", "momentum_beta"}}
+
+
 def test_object_info_lists_every_node_with_tooltips(server_pack_nodes):
     assert sorted(server_pack_nodes) == sorted(PACK_NODES)
     for name, info in server_pack_nodes.items():
         assert info["description"], name
-        assert info["category"].startswith("sampling/"), name
+        assert info["category"] == CATEGORIES[name], name
         for section in ("required", "optional"):
             for inp, spec in info["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
         assert all(info["output_tooltips"]), name
+
+
+def test_newer_schema_options_where_the_host_has_them(comfy_server, server_pack_nodes):
+    """advanced= inputs and search aliases, where the host has them (0.33 has both, 0.3.75 neither). The host
+    publishes a "search_aliases" key for every node once it supports them, and advanced inputs came with the
+    same API revision; on a host without them the pack still loads and lists no flags."""
+    info = comfy_server.object_info()
+    newer_api = any("search_aliases" in v for k, v in info.items() if k not in server_pack_nodes)
+    for name, info_ in server_pack_nodes.items():
+        inputs = {k: spec for section in ("required", "optional") for k, spec in info_["input"].get(section, {}).items()}
+        flagged = {k for k, spec in inputs.items() if len(spec) > 1 and spec[1].get("advanced")}
+        assert flagged == (ADVANCED.get(name, set()) if newer_api else set()), name
+    aliases = server_pack_nodes["DynamicNegativeGuidance"].get("search_aliases") or []
+    if newer_api:
+        assert {"dng", "negative prompt", "concept removal"} <= set(aliases)
+    else:
+        assert not aliases
 
 
 def test_dng_prompt_over_http_saves_image_and_plot(comfy_server, server_pack_nodes):

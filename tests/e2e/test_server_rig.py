@@ -33,7 +33,8 @@ def test_txt2img_over_http_writes_a_valid_png(comfy_server, rig_timings):
         rig_timings.setdefault("HTTP txt2img prompt (queue -> history)", time.perf_counter() - t0)
         assert not ws.of("execution_error", pid)
         steps = [m["data"]["value"] for m in ws.of("progress", pid) if m["data"]["node"] == "5"]
-        assert steps == [1, 2, 3, 4]
+        # 0.3.75 reports every step; 0.33's ProgressBar throttles the ones in between (first and last always sent)
+        assert steps[0] == 1 and steps[-1] == 4 and steps == sorted(set(steps)), steps
         assert ws.of("executed", pid)[0]["data"]["node"] == "7"
 
     assert entry["status"]["status_str"] == "success"

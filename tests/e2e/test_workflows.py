@@ -1,4 +1,4 @@
-"""Every shipped workflow (workflows/*.json) is served by the template endpoint, loads in the real frontend,
+"""Every shipped workflow (example_workflows/*.json) is served by the template endpoint, loads in the real frontend,
 converts to API format there (``app.loadGraphData`` + ``app.graphToPrompt()``, what the browser queues) and runs
 on the real server.
 
@@ -54,7 +54,7 @@ def page(browser, comfy_server, server_pack_nodes, tiny_sdxl, rig_timings):
 
 
 def test_shipped_workflows_have_thumbnails_and_include_the_generated_ones():
-    """workflows/ holds every workflow of the generator (tests/support/workflows.py) in its format, and every
+    """example_workflows/ holds every workflow of the generator (tests/support/workflows.py) in its format, and every
     workflow there has the thumbnail the template browser asks for (<name>.jpg)."""
     files = shipped()
     assert set(SPECS) <= set(files), f"not generated yet: {sorted(set(SPECS) - set(files))}"

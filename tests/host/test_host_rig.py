@@ -78,7 +78,9 @@ def test_builtin_txt2img_in_process(prompt_runner, rig_timings):
 
     assert res.history["status"] == {"status_str": "success", "completed": True,
                                      "messages": res.history["status"]["messages"]}
-    assert [e.data["value"] for e in res.events_of("progress") if e.data["node"] == "5"] == [1, 2, 3, 4]
+    # 0.3.75 reports every step; 0.33's ProgressBar throttles the steps in between (first and last always sent)
+    values = [e.data["value"] for e in res.events_of("progress") if e.data["node"] == "5"]
+    assert values[0] == 1 and values[-1] == 4 and values == sorted(set(values)), values
     assert res.events[-1].event == "executing" and res.events[-1].data["node"] is None
 
 

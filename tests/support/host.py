@@ -1,4 +1,4 @@
-"""The real ComfyUI host (``.host/ComfyUI``), in-process.
+"""The real ComfyUI host (``.host/ComfyUI-<version>``, chosen by ``DNG_HOST``: see hosts.py), in-process.
 
 * :func:`import_host` puts the host on ``sys.path`` (in front of the repo root: the pack's ``nodes/`` package
   would otherwise shadow ComfyUI's ``nodes.py``), forces ``--cpu`` before ``comfy.model_management`` is
@@ -20,6 +20,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -33,9 +34,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# scripts/setup_env.sh puts the pinned host here; DNG_COMFYUI_DIR points the rig at another ComfyUI tree.
-HOST_DIR = Path(os.environ.get("DNG_COMFYUI_DIR") or REPO_ROOT / ".host" / "ComfyUI").resolve()
+from .hosts import REPO_ROOT, selected_host
+
+# scripts/setup_env.sh puts the pinned hosts in .host/; DNG_HOST=floor selects the floor, DNG_COMFYUI_DIR any tree.
+HOST = selected_host()
+HOST_DIR = HOST.dir.resolve()
 PACK_NAME = "ComfyUI-DNG"
 CHECKPOINT_NAME = "tiny_sd15.safetensors"
 
@@ -592,14 +595,15 @@ class PromptRunner:
 
     def __init__(self, cache_type=None, cache_args: dict | None = None, recorder: EventRecorder | None = None):
         h = import_host()
-        from comfy.cli_args import args
-
         self.host = h
         self.recorder = recorder or h.recorder
         if cache_type is None:
             cache_type = h.execution.CacheType.CLASSIC
         if cache_args is None:
-            cache_args = {"lru": args.cache_lru, "ram": args.cache_ram}
+            # The server builds this dict in main.py's prompt_worker; its keys grew over time (0.33 reads
+            # "ram_inactive", and "ram" as a number where --cache-ram became a list). The CLASSIC cache uses
+            # none of them, so pass every key with a neutral value rather than reading the host's CLI args.
+            cache_args = {"lru": 0, "ram": 0.0, "ram_inactive": 0.0}
         self.executor = h.execution.PromptExecutor(self.recorder, cache_type=cache_type, cache_args=cache_args)
         self.history: dict[str, dict] = {}
         self._number = 0
@@ -610,7 +614,12 @@ class PromptRunner:
     def output_of(self, node_id: str) -> list | None:
         """A node's cached outputs from the last prompt that included it: one entry per output socket, each a
         list (ComfyUI's list mapping; ``[0]`` for ordinary nodes), e.g. ``output_of("5")[0][0]["samples"]``."""
-        entry = self.executor.caches.outputs.get(str(node_id))
+        cache = self.executor.caches.outputs
+        # get() became async (0.33); get_local() is its synchronous form where the host has it
+        getter = getattr(cache, "get_local", None) or cache.get
+        entry = getter(str(node_id))
+        if inspect.isawaitable(entry):
+            entry = _run_async(entry)
         return None if entry is None else entry.outputs
 
     def validate(self, prompt: dict, prompt_id: str = "validate", partial_execution_targets=None):

@@ -1,4 +1,4 @@
-"""A real ComfyUI server (``.host/ComfyUI/main.py``) in a subprocess, with the pack installed as a custom node.
+"""A real ComfyUI server (the selected host's ``main.py``, see hosts.py) in a subprocess, with the pack installed as a custom node.
 
     with ComfyServer() as srv:                      # pack symlinked as custom_nodes/ComfyUI-DNG
         pid = srv.queue(prompt)                     # POST /prompt (raises PromptRejected on a 400)
@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .host import CHECKPOINT_NAME, HOST_DIR, PACK_NAME, REPO_ROOT, host_available
+from .host import CHECKPOINT_NAME, HOST, PACK_NAME, REPO_ROOT
+from .hosts import HostSpec
 
 
 class ServerStartError(RuntimeError):
@@ -75,7 +76,12 @@ class ComfyServer:
                  pack_name: str = PACK_NAME, checkpoint: str | os.PathLike | None | bool = True,
                  extra_args: list[str] | None = None, startup_timeout: float = 90.0,
                  base_dir: str | os.PathLike | None = None, keep: bool = False, python: str | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, host: HostSpec = HOST,
+                 front_end_root: str | os.PathLike | None = None):
+        """``host``: the ComfyUI tree to run (default: the one this process tests); ``front_end_root``: a
+        frontend's ``static/`` folder (default: the host's pinned frontend, see ``HostSpec.frontend_root``)."""
+        self.host = host
+        self.front_end_root = Path(front_end_root) if front_end_root else host.frontend_root
         self.install_pack = install_pack
         self.pack_dir = Path(pack_dir)
         self.pack_name = pack_name
@@ -99,8 +105,10 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ComfyServer":
-        if not host_available():
-            raise ServerStartError(f"no ComfyUI host at {HOST_DIR}; run scripts/setup_env.sh")
+        if not (self.host.dir / "main.py").is_file():
+            raise ServerStartError(f"no ComfyUI host at {self.host.dir}; run scripts/setup_env.sh")
+        if self.front_end_root is not None and not (self.front_end_root / "index.html").is_file():
+            raise ServerStartError(f"no frontend at {self.front_end_root}; run scripts/setup_env.sh")
         self.base_dir = Path(self._base_arg or tempfile.mkdtemp(prefix="dng_server_")).resolve()
         for sub in ("models/checkpoints", "output", "input", "temp", "user", "custom_nodes"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -124,13 +132,15 @@ class ComfyServer:
         cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base_dir), "--disable-auto-launch",
                "--database-url", "sqlite:///:memory:", *self.extra_args]
+        if self.front_end_root is not None:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # the pack must import the way a user's ComfyUI imports it
         env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         env.update(self.extra_env)
         self._log_fh = open(self.log_path, "wb")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=str(HOST_DIR), env=env, stdout=self._log_fh,
+        self.proc = subprocess.Popen(cmd, cwd=str(self.host.dir), env=env, stdout=self._log_fh,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_ready(t0)

@@ -1,11 +1,11 @@
-"""The shipped example workflows (``workflows/*.json``) and the headless-browser tooling behind them.
+"""The shipped example workflows (``example_workflows/*.json``) and the headless-browser tooling behind them.
 
 The workflows are written here as API-format prompts plus a layout, and turned into UI-format JSON by the real
 ComfyUI frontend in headless chromium (``app.loadApiJson`` -> layout, notes, groups -> ``app.graphToPrompt()``,
 exactly what the frontend's Export writes), with a thumbnail of the loaded graph beside each (``<name>.jpg``,
 what the template browser asks ``/api/workflow_templates/<pack>/<name>.jpg`` for). Regenerate them with::
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows          # rewrites workflows/*.json + *.jpg
+    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows          # rewrites example_workflows/*.json + *.jpg
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --check  # exit 1 if they are out of date
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --docs   # docs/live_curve.png, trace_plot.png
     OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --thumbnails-only NAME  # a hand-made workflow
@@ -35,7 +35,7 @@ from typing import Any
 
 from .host import REPO_ROOT
 
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
+WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
 
 # The file names users have: the frontend's own default workflow loads v1-5-pruned-emaonly-fp16.safetensors.
 SD15_CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
@@ -362,7 +362,7 @@ def specs() -> list[WorkflowSpec]:
 
 
 def shipped() -> dict[str, Path]:
-    """{name: path} of the workflow JSON files in workflows/ (what the template browser lists)."""
+    """{name: path} of the workflow JSON files in example_workflows/ (what the template browser lists)."""
     return {p.stem: p for p in sorted(WORKFLOWS_DIR.glob("*.json"))}
 
 
@@ -851,7 +851,7 @@ def generate(out_dir: Path = WORKFLOWS_DIR, names: list[str] | None = None, thum
 
 
 def render_thumbnails(names: list[str], log=print) -> None:
-    """Thumbnails (``<name>.jpg``) for workflows already in workflows/, e.g. hand-made ones: each file is opened
+    """Thumbnails (``<name>.jpg``) for workflows already in example_workflows/, e.g. hand-made ones: each file is opened
     in the frontend as the template browser opens it and screenshotted."""
     from .host import PACK_NAME
     from .server import ComfyServer
@@ -903,10 +903,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="only these workflows")
     ap.add_argument("--check", action="store_true",
-                    help="build into a temporary folder and compare the JSON with workflows/ (exit 1 if different)")
+                    help="build into a temporary folder and compare the JSON with example_workflows/ (exit 1 if different)")
     ap.add_argument("--no-thumbnails", action="store_true")
     ap.add_argument("--thumbnails-only", action="store_true",
-                    help="only (re)write <name>.jpg for the named workflows in workflows/ (hand-made ones too)")
+                    help="only (re)write <name>.jpg for the named workflows in example_workflows/ (hand-made ones too)")
     ap.add_argument("--docs", action="store_true",
                     help="render docs/live_curve.png and docs/trace_plot.png (tiny checkpoint) instead")
     a = ap.parse_args(argv)
@@ -925,7 +925,7 @@ def main(argv=None) -> int:
                      or (WORKFLOWS_DIR / f"{n}.json").read_text() != (tmp / f"{n}.json").read_text()]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        print("out of date: " + ", ".join(stale) if stale else "workflows/ is up to date")
+        print("out of date: " + ", ".join(stale) if stale else "example_workflows/ is up to date")
         return 1 if stale else 0
     generate(WORKFLOWS_DIR, a.names or None, thumbnails=not a.no_thumbnails)
     return 0

@@ -301,10 +301,14 @@ def ensure_results_dir() -> Path:
 
 
 def environment() -> dict:
+    """What a published figure was made on: the ComfyUI host (its version; DNG_HOST picks main or floor), torch,
+    threads, platform. Seeds do not carry between hosts (0.33 seeds CPU noise differently from 0.3.75)."""
     import platform
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": sys.version.split()[0]}
+    from tests.support.host import HOST
+
+    return {"comfyui": HOST.version, "host_role": HOST.role, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "platform": platform.platform(), "python": sys.version.split()[0]}
 
 
 def progress(iterable: Iterable, **kwargs: Any):

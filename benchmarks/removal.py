@@ -61,8 +61,12 @@ FULL = {
 CI_ESTIMATOR = "auto"  # the node default (= kernel on euler_ancestral)
 CI = {
     "n": 500, "steps": 20, "samplers": ["euler_ancestral"], "estimators": [CI_ESTIMATOR],
-    "dng": [2.0, 5.0, 10.0],
-    "np": [0.3, 0.4, 0.5],
+    # One DNG point that meets the 1 % bar with room on both hosts (0.4 % at seeds 1 and 2 on 0.3.75, 0.4 % / 0.0 %
+    # on 0.33.0), with a posterior setting in the paper's temperature range: the full benchmark's tau 4 setting
+    # sat on the bar (1.2-1.8 % on 0.33's CPU noise for every lambda0 from 2 to 40).
+    "dng": [12.5],
+    "dng_settings": {"prior": 0.05, "temperature": 1.0},
+    "np": [0.3, 0.4, 0.5, 0.6],
     "sld": [],
 }
 MAX_FORBIDDEN = 1.0  # "high safety": at most 1 % of the samples in the removed class
@@ -118,9 +122,9 @@ def run_point(bench: Bench, scorer: Scorer, method: str, sampler: str, steps: in
 
 
 def find_row(rows: Sequence[dict], method: str, sampler: str, steps: int, n: int, seed: int, scale: float,
-             estimator: str | None = None) -> dict | None:
+             estimator: str | None = None, dng: dict | None = None) -> dict | None:
     """The row of an earlier run of exactly this point (same patch-node inputs), for ``--resume``."""
-    prompt = point_prompt(method, sampler, steps, n, seed, scale, estimator)
+    prompt = point_prompt(method, sampler, steps, n, seed, scale, estimator, dng)
     params = ({k: v for k, v in prompt["10"]["inputs"].items() if k not in ("model", "empty_conditioning")}
               if method == "dng" else None)
     for r in rows:
@@ -205,6 +209,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def write_markdown(path: Path, rows: Sequence[dict], summary: dict, meta: dict) -> None:
     lines = ["# Class removal on the digits8 reference model (remove digit 0)", "",
+             f"Host: ComfyUI {meta['env'].get('comfyui', '0.3.75')}.  ",
              f"Command: `{meta['command']}`  ", f"N = {meta['n']} samples per point, {meta['steps']} steps, "
              f"scheduler normal, seed {meta['seed']}; runtime {meta['runtime_s'] / 60:.1f} min on "
              f"{meta['env']['threads']} thread(s){' (' + meta['runtime_note'] + ')' if 'runtime_note' in meta else ''}.  ",
@@ -421,12 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads(json_path.read_text()) if args.resume and json_path.is_file() else []
     reused = 0
     for sampler, method, est, scale in progress(sweep_points(config, args.methods), desc="removal points"):
-        r = find_row(earlier, method, sampler, config["steps"], config["n"], args.seed, scale, est)
+        r = find_row(earlier, method, sampler, config["steps"], config["n"], args.seed, scale, est,
+                     config.get("dng_settings"))
         if r is not None:
             reused += 1
             r["reused"] = True
         else:
-            r = run_point(bench, scorer, method, sampler, config["steps"], config["n"], args.seed, scale, est)
+            r = run_point(bench, scorer, method, sampler, config["steps"], config["n"], args.seed, scale, est,
+                          config.get("dng_settings"))
         rows.append(r)
         log(f"{sampler} {method}{':' + est if est else ''} scale={scale:g}: forbidden {r['forbidden_pct']:.1f} % "
             f"KL {r['kl']:.3f} FD {r['fd_clf']:.2f} KID {r['kid_clf']:.3f} ({r['seconds']:.0f} s)"

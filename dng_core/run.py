@@ -11,6 +11,12 @@ predictor call at sigma_{i+1} comes before step i+1's real first call at x_{i+1}
 when a call for a later step arrives or the run finishes. Calls at sigmas off the schedule belong to the step in
 progress and leave the state alone. The staggering of the paper follows: the scale used at step j comes from
 the posterior after the transition x_{j-1} -> x_j, computed at step j's first call whose input is x_j.
+
+A schedule split over several sampling passes (KSamplerAdvanced 0-5 then 5-10, or SplitSigmas) is one run in
+several pieces: a pass whose input latent is the output of a finished run, on the continuation of that run's
+schedule (its first sigma is the finished run's last, non-zero sigma), starts from the finished run's state
+(``RunContinuation``) instead of the prior, numbers its steps after the finished run's, and its trace holds the
+whole schedule so far. A pass on anything else (img2img, an upscaled latent, a schedule ending at 0) starts anew.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from .parametrisation import Parametrisation
 from .posterior import PosteriorConfig, PosteriorTracker, guidance_scale
 from .trace import GuidanceTrace, StepRecord
 
-__all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun",
+__all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
 
 LAMBDA0_MAX = 1000.0
@@ -91,6 +97,31 @@ class StepAligner:
         return None
 
 
+@dataclass(frozen=True)
+class RunContinuation:
+    """What a later pass over the rest of the same schedule needs from a finished run.
+
+    ``state``: the method's state after the run's last transition (DNG: log p, [K, B]; SLD: its momentum; NP:
+    None). ``last_sigma``: the sigma the run ended at; only a pass starting there continues it."""
+
+    method: str
+    params: dict[str, Any]
+    batch_size: int
+    concepts: int
+    last_sigma: float
+    trace: GuidanceTrace
+    state: Any
+
+    def continued_by(self, method: str, params: dict[str, Any], schedule: Sequence[float] | torch.Tensor,
+                     batch_size: int, concepts: int, rel_tol: float = 1e-5) -> bool:
+        """Whether a pass with these settings, on ``schedule`` and a batch of ``batch_size``, continues this run:
+        same method and settings, same batch, and a schedule that starts where this run's ended (not at 0)."""
+        first = float(schedule[0]) if len(schedule) else float("nan")
+        return (method == self.method and params == self.params and batch_size == self.batch_size
+                and concepts == self.concepts and self.last_sigma > 0.0
+                and math.isclose(first, self.last_sigma, rel_tol=rel_tol, abs_tol=1e-12))
+
+
 @dataclass
 class _Candidate:
     step: int
@@ -111,6 +142,8 @@ class GuidedRun(abc.ABC):
         if concepts < 1:
             raise ValueError(f"concepts must be >= 1, got {concepts}")
         self.aligner = StepAligner(schedule)
+        self.continues: RunContinuation | None = None  # set by continue_from() before the first call
+        self._step_offset = 0
         self.params = params
         self.concepts = concepts
         self.parametrisation = Parametrisation(parametrisation)
@@ -123,6 +156,32 @@ class GuidedRun(abc.ABC):
         self.finished = False
 
     # ---- host-facing -------------------------------------------------------------------------------
+    def continue_from(self, previous: RunContinuation | None, batch_size: int) -> bool:
+        """Continue ``previous`` if this run is the rest of its schedule (see RunContinuation.continued_by):
+        start from its state, number steps after its steps, keep its trace. Call before the first ``guide``.
+        Returns whether it continues."""
+        if self.trace is not None:
+            raise RuntimeError("continue_from() must be called before the run's first model call")
+        if previous is None or not previous.continued_by(self.method, self.params, self.aligner.sigmas,
+                                                         batch_size, self.concepts):
+            return False
+        self.continues = previous
+        self._step_offset = previous.trace.total_steps or len(previous.trace.steps)
+        return True
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole schedule so far: this pass's and, when it continues a run, the earlier passes'."""
+        return self._step_offset + self.aligner.steps
+
+    def continuation(self) -> RunContinuation | None:
+        """The state a later pass over the rest of the schedule starts from (after ``finish``; None if the run
+        made no model call)."""
+        if not self.finished or self.trace is None or self.model_calls == 0:
+            return None
+        return RunContinuation(self.method, dict(self.params), self.trace.batch_size, self.concepts,
+                               self.aligner.sigmas[-1], self.trace, self._final_state())
+
     def guide(self, x: torch.Tensor, sigma: torch.Tensor | float, denoised_uncond: torch.Tensor,
               denoised_pos: torch.Tensor | None, denoised_negs: Sequence[torch.Tensor],
               cfg_scale: float) -> torch.Tensor:
@@ -132,8 +191,7 @@ class GuidedRun(abc.ABC):
         # A Python float stays a Python float: torch.as_tensor would round it to float32.
         sig = float(sigma) if isinstance(sigma, (int, float)) else float(sigma.reshape(-1)[0])
         if self.trace is None:
-            self.trace = GuidanceTrace(self.method, int(x.shape[0]), self.concepts, dict(self.params),
-                                       total_steps=self.aligner.steps)
+            self._new_trace(int(x.shape[0]))
             self._begin(x)
         self.model_calls += 1
         earliest = self._pending.step if self._pending is not None else self._next_step
@@ -146,8 +204,9 @@ class GuidedRun(abc.ABC):
         self._pending = cand
         return out
 
-    def finish(self, x_final: torch.Tensor | None = None) -> GuidanceTrace | None:
-        """Confirm the last step, fold in its transition to ``x_final`` (if given), fingerprint the output."""
+    def finish(self, x_final: torch.Tensor | None = None, fingerprint: bool = True) -> GuidanceTrace | None:
+        """Confirm the last step, fold in its transition to ``x_final`` (if given), fingerprint the output
+        (``fingerprint=False``: the host fingerprints the latent it returns instead)."""
         if self.finished:
             return self.trace
         self.finished = True
@@ -155,10 +214,12 @@ class GuidedRun(abc.ABC):
             self._confirm()
         if self.trace is not None and x_final is not None:
             self._end(x_final, self.aligner.sigmas[-1])
-            self.trace.output_fingerprint = tensor_fingerprint(x_final)
+            if fingerprint:
+                self.trace.output_fingerprint = tensor_fingerprint(x_final)
         if self.trace is not None:
-            self.trace.model_calls = self.model_calls
-            self.trace.state_updates = self.state_updates
+            earlier = self.continues.trace if self.continues is not None else None
+            self.trace.model_calls = self.model_calls + (earlier.model_calls if earlier else 0)
+            self.trace.state_updates = self.state_updates + (earlier.state_updates if earlier else 0)
         return self.trace
 
     @property
@@ -166,7 +227,24 @@ class GuidedRun(abc.ABC):
         """Steps whose per-run state advanced (DNG overrides: posterior updates)."""
         return self.steps_confirmed
 
+    def note(self, message: str, batch_size: int) -> GuidanceTrace:
+        """Record something the user must know about this run in its trace (the plot shows it), e.g. that the
+        sampler never called the guidance. Makes the (empty) trace of a run that saw no model call."""
+        if self.trace is None:
+            self._new_trace(batch_size)
+        self.trace.notes.append(message)
+        return self.trace
+
     # ---- internals ---------------------------------------------------------------------------------
+    def _new_trace(self, batch_size: int) -> None:
+        self.trace = GuidanceTrace(self.method, batch_size, self.concepts, dict(self.params),
+                                   total_steps=self.total_steps)
+        if self.continues is not None:
+            earlier = self.continues.trace
+            self.trace.steps = list(earlier.steps)
+            self.trace.truncated = earlier.truncated
+            self.trace.notes = list(earlier.notes)
+
     def _confirm(self) -> None:
         cand = self._pending
         assert cand is not None and self.trace is not None
@@ -174,12 +252,16 @@ class GuidedRun(abc.ABC):
         self._next_step = cand.step + 1
         self._commit(cand)
         self.steps_confirmed += 1
-        rec = self.trace.record(cand.step, cand.sigma, cand.scale, cand.p)
+        rec = self.trace.record(self._step_offset + cand.step, cand.sigma, cand.scale, cand.p)
         if rec is not None and self.on_step is not None:
             self.on_step(self, rec)
 
     def _begin(self, x: torch.Tensor) -> None:
-        """Set up per-run state once the batch is known."""
+        """Set up per-run state once the batch is known (from ``self.continues.state`` when continuing)."""
+
+    def _final_state(self) -> Any:
+        """The state a continuation starts from (see RunContinuation.state)."""
+        return None
 
     def _end(self, x_final: torch.Tensor, sigma_final: float) -> None:
         """The transition of the last step, if the method tracks one."""
@@ -238,6 +320,12 @@ class DNGRun(GuidedRun):
     def _begin(self, x: torch.Tensor) -> None:
         self.trackers = [PosteriorTracker(self.config.posterior, int(x.shape[0]), x.device, self.parametrisation)
                          for _ in range(self.concepts)]
+        if self.continues is not None:  # the posterior where the earlier pass left it, not the prior
+            for tracker, log_p in zip(self.trackers, self.continues.state):
+                tracker.log_p = log_p.to(tracker.log_p)
+
+    def _final_state(self) -> torch.Tensor | None:
+        return torch.stack([t.log_p.clone() for t in self.trackers]) if self.trackers else None
 
     def _log_p_at(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """[K, B]: the posterior after the transition from the last confirmed step's inputs to x."""
@@ -316,6 +404,13 @@ class SLDRun(GuidedRun):
         super().__init__(schedule, config.as_dict(), 1, parametrisation, on_step)
         self.config = config
         self.state = SLDState()
+
+    def _begin(self, x: torch.Tensor) -> None:
+        if self.continues is not None:
+            self.state = copy.copy(self.continues.state)
+
+    def _final_state(self) -> SLDState:
+        return copy.copy(self.state)
 
     def _apply(self, state: SLDState, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         return sld_denoised(x, sigma, d_u, d_pos, d_negs[0], cfg_scale, self.config, state, self.parametrisation)

@@ -66,6 +66,7 @@ class GuidanceTrace:
     max_steps: int = 4096
     max_batch: int = 64
     truncated: bool = False
+    notes: list[str] = field(default_factory=list)  # what the user must know about the run (shown on the plot)
 
     def record(self, step: int, sigma: float, scale: torch.Tensor, p: torch.Tensor | None = None) -> StepRecord | None:
         """Append one step. scale, p: [K, B] or [B]. Returns the record, or None when the bound was hit."""
@@ -102,6 +103,7 @@ class GuidanceTrace:
             "model_calls": self.model_calls,
             "state_updates": self.state_updates,
             "truncated": self.truncated,
+            "notes": list(self.notes),
             "steps": [r.as_dict() for r in self.steps],
         }
 
@@ -115,7 +117,8 @@ class GuidanceTrace:
         trace = cls(method=data["method"], batch_size=int(data["batch_size"]), concepts=int(data["concepts"]),
                     params=dict(data.get("params", {})), total_steps=data.get("total_steps"),
                     output_fingerprint=data.get("output_fingerprint"), truncated=bool(data.get("truncated")),
-                    model_calls=int(data.get("model_calls", 0)), state_updates=int(data.get("state_updates", 0)))
+                    model_calls=int(data.get("model_calls", 0)), state_updates=int(data.get("state_updates", 0)),
+                    notes=[str(n) for n in data.get("notes", [])])
         trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p")) for s in data["steps"]]
         return trace
 

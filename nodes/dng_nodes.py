@@ -145,21 +145,25 @@ class Guider_DNG(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         slot = current_slot(model_options)
-        conds = [self.conds.get("positive"), self.conds.get("negative"), self.conds.get("empty_negative_prompt")]
-        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        # sampling_function() is bypassed, so run the pre/post-CFG hooks other nodes registered (as PerpNegGuider).
+        if slot is None:
+            raise RuntimeError("DNG guider: sampling started outside its run wrapper; report this as a bug.")
+        positive, negative, empty = (self.conds.get(k) for k in ("positive", "negative", "empty_negative_prompt"))
+        d_pos, d_empty, d_neg = comfy.samplers.calc_cond_batch(self.inner_model, [positive, empty, negative], x,
+                                                              timestep, model_options)
+        # sampling_function() is bypassed, so run the pre/post-CFG hooks other nodes registered (as PerpNegGuider),
+        # with the host's conventions: the unconditional is the empty prompt's prediction (CFG++ samplers
+        # re-noise from it), the concept's prediction travels beside it.
+        conds = [positive, empty]
+        out = [d_pos, d_empty]
         for fn in model_options.get("sampler_pre_cfg_function", []):
             out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
                       "sigma": timestep, "model": self.inner_model, "model_options": model_options})
-        d_pos, d_neg, d_empty = out
-        if slot is None:
-            raise RuntimeError("DNG guider: sampling started outside its run wrapper; report this as a bug.")
+        d_pos, d_empty = out
         result = slot.run.guide(x, timestep, d_empty, d_pos, [d_neg], self.cfg)
         for fn in model_options.get("sampler_post_cfg_function", []):
-            result = fn({"denoised": result, "cond": conds[0], "uncond": conds[1], "cond_scale": self.cfg,
-                         "model": self.inner_model, "uncond_denoised": d_neg, "cond_denoised": d_pos,
-                         "sigma": timestep, "model_options": model_options, "input": x,
-                         "empty_cond": conds[2], "empty_cond_denoised": d_empty})
+            result = fn({"denoised": result, "cond": positive, "uncond": empty, "cond_scale": self.cfg,
+                         "model": self.inner_model, "uncond_denoised": d_empty, "cond_denoised": d_pos,
+                         "sigma": timestep, "model_options": model_options, "input": x})
         return result
 
 

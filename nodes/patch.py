@@ -1,21 +1,30 @@
 """Installs a guidance run (DNG, NP or SLD from dng_core.run) into a ComfyUI model's sampling hooks.
 
 Data path of one sampling run:
-  SAMPLER_SAMPLE wrapper  -> makes a fresh run (prior, empty trace) for this run's sigmas, stores it in this
-                             run's own model_options (a per-run copy the host makes), finishes it at the end
-  calc_cond_batch hook    -> adds the empty prompt to the host's batched forward pass [pos, neg] -> [pos, neg, empty]
+  OUTER_SAMPLE wrapper    -> refuses samplers whose steps the guidance cannot follow; looks the input latent up
+                             in the node's TraceHistory (a split schedule's next pass continues that run); at the
+                             end, records the trace keyed by the fingerprint of the LATENT the sampler returns
+  SAMPLER_SAMPLE wrapper  -> makes the run (prior and empty trace, or the continued run's state) for this pass's
+                             sigmas, stores it in this pass's own model_options (a per-run copy the host makes),
+                             finishes it at the end
+  calc_cond_batch hook    -> one batched forward pass [pos, empty, neg] for the host's [pos, neg]; the host gets
+                             [D_pos, D_empty] back, so its "unconditional" is the empty prompt's prediction
+                             everywhere (CFG++ samplers re-noise from it, post-CFG hooks read it); D_neg travels
+                             beside it in the run's slot
   sampler_cfg_function    -> run.guide(x, sigma, D_empty, D_pos, [D_neg], cfg): the guided prediction
-  (guider)                -> DNGGuider.predict_noise calls run.guide directly
-  run.finish              -> trace into the node's TraceHistory, keyed by the output latent's fingerprint
+  (guider)                -> DNGGuider.predict_noise calls run.guide directly, with the same conventions
+  run.finish              -> the trace and the state a continuation needs, into the node's TraceHistory
 
 State lives in the run, never on the patched model, so cached node outputs, several samplers sharing one
-patched model, KSamplerAdvanced passes and interrupted runs all start from the prior.
+patched model and interrupted runs all start from the prior; only a pass that samples on from a latent this
+patch returned, on the rest of that run's schedule, starts where that run stopped.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,7 +34,7 @@ import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..dng_core import GuidedRun, Parametrisation, StepRecord, TraceHistory, tensor_fingerprint
+from ..dng_core import GuidedRun, Parametrisation, RunContinuation, StepRecord, TraceHistory, tensor_fingerprint
 
 log = logging.getLogger("comfyui-dng")
 
@@ -38,6 +47,10 @@ RunFactory = Callable[[torch.Tensor, Parametrisation, Callable[[GuidedRun, StepR
 
 # k-diffusion sampler functions whose steps inject fresh noise (ComfyUI's sample_<name>; by default eta = 1).
 _STOCHASTIC_SAMPLER_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "seeds", "sa_solver")
+# KSAMPLER functions that ignore the schedule's sigmas and evaluate the model at noise levels of their own
+# (comfy.samplers.ksampler wraps k-diffusion's DPM-Solver fast / adaptive in these): a step of theirs never lands
+# on the schedule, so the posterior could not advance. They are refused before sampling.
+_OWN_SIGMA_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
 
 
 def parametrisation_of(model: Any) -> Parametrisation:
@@ -63,16 +76,26 @@ def sampler_is_stochastic(sampler: Any) -> bool | None:
     return any(marker in name for marker in _STOCHASTIC_SAMPLER_MARKERS)
 
 
+def refuse_unfollowable_sampler(sampler: Any, label: str) -> None:
+    """ValueError before sampling when ``sampler`` evaluates the model off the schedule (dpm_fast, dpm_adaptive):
+    the guidance would silently never advance."""
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", None)
+    if name in _OWN_SIGMA_SAMPLERS:
+        raise ValueError(
+            f"{label} cannot follow the {_OWN_SIGMA_SAMPLERS[name]} sampler: it evaluates the model at noise "
+            "levels of its own instead of the scheduler's steps, so the guidance could never advance. Choose "
+            "another sampler_name (e.g. dpmpp_2m, euler or euler_ancestral).")
+
+
 @dataclass
 class RunSlot:
-    """One sampling run's state inside its model_options: the core run and the empty prompt's prediction."""
+    """One sampling run's state inside its model_options: the core run and the concepts' predictions of the
+    current model call (the host sees only [D_pos, D_empty])."""
 
     run: GuidedRun
     empty_cond: list[dict] | None
     empty_encoded: list[dict] | None = None
-    last_empty: tuple[int, torch.Tensor] | None = None  # (id of x, D_empty) from this call's batched pass
-    label: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_concepts: tuple[int, list[torch.Tensor]] | None = None  # (id of x, [D_neg]) from this call's pass
 
     def encoded_empty(self, model: Any, x: torch.Tensor) -> list[dict]:
         # Encoded once per run, the way PerpNeg does it (prompt_type "negative": an unconditional prompt).
@@ -110,9 +133,12 @@ class StepEvents:
         except Exception:  # a lost browser must never break sampling
             log.debug("DNG: could not send %s", event, exc_info=True)
 
-    def run_start(self, run: GuidedRun, steps: int) -> None:
+    def run_start(self, run: GuidedRun) -> None:
+        """A pass begins. A pass that continues an earlier run sends that run's steps, so the curve goes on."""
+        earlier = [r.as_dict() for r in run.continues.trace.steps] if run.continues is not None else []
         self._send("dng.run_start", {"node": self.node_id, "method": run.method, "label": self.label,
-                                     "total_steps": steps})
+                                     "total_steps": run.total_steps, "continues": run.continues is not None,
+                                     "steps": earlier})
 
     def __call__(self, run: GuidedRun, record: StepRecord) -> None:
         trace = run.trace
@@ -134,36 +160,74 @@ def has_guidance_patch(model: Any) -> bool:
     return WRAPPER_KEY in model.wrappers.get(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, {})
 
 
+@dataclass
+class _SamplingPass:
+    """One call of the host's sampling entry point on a patched model: set by the OUTER_SAMPLE wrapper, filled by
+    the SAMPLER_SAMPLE wrapper inside it."""
+
+    history: TraceHistory
+    previous: RunContinuation | None  # the run whose output latent this pass samples on from
+    run: GuidedRun | None = None
+
+
+_CURRENT_PASS: contextvars.ContextVar[_SamplingPass | None] = contextvars.ContextVar("dng_sampling_pass",
+                                                                                      default=None)
+
+
 def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory, empty_cond: list[dict] | None,
                         events: StepEvents, label: str) -> None:
-    """Adds the SAMPLER_SAMPLE wrapper that gives every sampling run of ``model`` a fresh run (in place)."""
+    """Adds the OUTER_SAMPLE and SAMPLER_SAMPLE wrappers that give every sampling pass of ``model`` its run (in
+    place)."""
     if has_guidance_patch(model):
         raise ValueError("This model already carries a DNG / negative prompting / SLD patch; apply only one of "
                          "them per model (chain the unpatched model instead).")
 
+    def outer_sample(executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        refuse_unfollowable_sampler(sampler, label)
+        nested = getattr(latent_image, "is_nested", False)
+        previous = None if nested else history.continuation_of(tensor_fingerprint(latent_image))
+        sampling_pass = _SamplingPass(history, previous)
+        token = _CURRENT_PASS.set(sampling_pass)
+        try:
+            output = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            _CURRENT_PASS.reset(token)
+        run = sampling_pass.run
+        if run is not None and run.trace is not None:
+            if not (nested or getattr(output, "is_nested", False)):
+                # what the sampler node returns as its LATENT: the plot and a continuing pass find the run by it
+                run.trace.output_fingerprint = tensor_fingerprint(output)
+            history.add(run.trace, run.continuation())
+        return output
+
     def sampler_sample(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         run = make_run(sigmas, parametrisation_of(guider.inner_model), events,
                        sampler_is_stochastic(getattr(executor, "class_obj", None)))
-        slot = RunSlot(run=run, empty_cond=empty_cond, label=label)
+        sampling_pass = _CURRENT_PASS.get()
+        if sampling_pass is not None and sampling_pass.history is history:
+            run.continue_from(sampling_pass.previous, int(noise.shape[0]))
+            sampling_pass.run = run
+        slot = RunSlot(run=run, empty_cond=empty_cond)
         extra_args["model_options"].setdefault("transformer_options", {})[RUN_KEY] = slot
-        events.run_start(run, len(sigmas) - 1)
+        events.run_start(run)
         samples = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
-        trace = run.finish(samples)
+        run.finish(samples, fingerprint=False)
         if run.model_calls == 0:
-            _warn(f"{label} did not run: the sampler never called its guidance hook. Another node replaced "
-                  "the CFG function, or a custom guider bypassed it (use the DNG guider with "
-                  "SamplerCustomAdvanced instead).")
+            message = (f"{label} did not run: the sampler never called its guidance hook. Another node replaced "
+                       "the CFG function, or a custom guider bypassed it (use the DNG guider with "
+                       "SamplerCustomAdvanced instead).")
+            run.note(message, int(noise.shape[0]))
+            _warn(message)
         elif run.steps_confirmed == 0:
-            _warn(f"{label}: no model call of this sampler landed on the schedule's sigmas, so the guidance "
-                  "state never advanced (scale stayed at its initial value).")
-        if trace is not None and not getattr(samples, "is_nested", False):
-            # The LATENT the sampler node returns is process_latent_out of these samples (inner_sample).
-            trace.output_fingerprint = tensor_fingerprint(
-                guider.inner_model.process_latent_out(samples.to(torch.float32)))
-            history.add(trace)
+            message = (f"{label}: no model call of this sampler landed on the schedule's sigmas, so the guidance "
+                       "state never advanced (scale stayed at its initial value).")
+            run.note(message, int(noise.shape[0]))
+            _warn(message)
         return samples
 
-    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, sampler_sample)
+    wrappers = comfy.patcher_extension.WrappersMP
+    model.add_wrapper_with_key(wrappers.OUTER_SAMPLE, WRAPPER_KEY, outer_sample)
+    model.add_wrapper_with_key(wrappers.SAMPLER_SAMPLE, WRAPPER_KEY, sampler_sample)
 
 
 def install_cfg_hooks(model: Any, label: str) -> None:
@@ -177,28 +241,27 @@ def install_cfg_hooks(model: Any, label: str) -> None:
 
     def calc_cond_batch(args: dict) -> list[torch.Tensor]:
         conds, x, base = args["conds"], args["input"], args["model"]
-        model_options = args["model_options"]
-        slot = current_slot(model_options)
-        if slot is None or slot.empty_cond is None:
+        slot = current_slot(args["model_options"])
+        if slot is None or slot.empty_cond is None or len(conds) < 2 or conds[1] is None:
             return _batch(previous_batch, args, conds)
-        out = _batch(previous_batch, args, list(conds) + [slot.encoded_empty(base, x)])
-        slot.last_empty = (id(x), out[len(conds)])
-        return out[: len(conds)]
+        # [pos, neg, ...] -> one pass over [pos, empty, neg, ...]; the host gets [D_pos, D_empty, ...]
+        out = _batch(previous_batch, args, [conds[0], slot.encoded_empty(base, x), *conds[1:]])
+        slot.last_concepts = (id(x), [out[2]])
+        return [out[0], out[1], *out[3:]]
 
     def cfg_function(args: dict) -> torch.Tensor:
         x = args["input"]
         slot = current_slot(args["model_options"])
+        cond, uncond = args["cond_denoised"], args["uncond_denoised"]
         if slot is None:  # sampled outside our wrapper: behave as plain CFG
-            cond, uncond = args["cond_denoised"], args["uncond_denoised"]
             return x - (uncond + (cond - uncond) * args["cond_scale"])
-        if slot.last_empty is None or slot.last_empty[0] != id(x):
-            raise RuntimeError(f"{label}: the empty prompt's prediction is missing for this step; another node "
-                               "replaced the batched model call. Remove that node or use the DNG guider.")
-        d_empty = slot.last_empty[1]
-        slot.last_empty = None
-        guided = slot.run.guide(x, args["sigma"], d_empty, args["cond_denoised"], [args["uncond_denoised"]],
-                                float(args["cond_scale"]))
-        return x - guided
+        if slot.last_concepts is None or slot.last_concepts[0] != id(x):
+            raise RuntimeError(f"{label}: the negative concept's prediction is missing for this step; another "
+                               "node replaced the batched model call. Remove that node or use the DNG guider.")
+        concepts = slot.last_concepts[1]
+        slot.last_concepts = None
+        # uncond is the empty prompt's prediction here: calc_cond_batch above put it in the host's uncond slot
+        return x - slot.run.guide(x, args["sigma"], uncond, cond, concepts, float(args["cond_scale"]))
 
     model.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
     # disable_cfg1_optimization: at cfg 1.0 the host would otherwise skip the negative prediction.

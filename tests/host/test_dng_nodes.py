@@ -153,22 +153,6 @@ def test_replacing_another_nodes_cfg_function_is_announced(prompt_runner, pack_n
     assert any("replaces a CFG function" in m for m in messages)
 
 
-def test_ksampler_advanced_passes_each_start_from_the_prior(prompt_runner, pack_nodes):
-    p = dng_prompt(sampler="euler_ancestral", seed=71, steps=6)
-    common = {"model": ["10", 0], "noise_seed": 71, "steps": 6, "cfg": 7.0, "sampler_name": "euler_ancestral",
-              "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0]}
-    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {**common, "add_noise": "enable", "latent_image": ["4", 0],
-              "start_at_step": 0, "end_at_step": 3, "return_with_leftover_noise": "enable"}}
-    p["20"] = {"class_type": "KSamplerAdvanced", "inputs": {**common, "add_noise": "disable", "latent_image": ["5", 0],
-               "start_at_step": 3, "end_at_step": 6, "return_with_leftover_noise": "disable"}}
-    p["6"]["inputs"]["samples"] = ["20", 0]
-    run_ok(prompt_runner, p)
-    first, second = trace_of(prompt_runner, "5"), trace_of(prompt_runner, "20")
-    assert len(first.steps) == len(second.steps) == 3
-    assert first.state_updates == second.state_updates == 3
-    assert starts_at_prior(first) and starts_at_prior(second)
-
-
 def test_trace_plot_outputs_image_and_json(prompt_runner, pack_nodes, host):
     p = dng_prompt(sampler="euler_ancestral", seed=81, batch_size=2)
     p["11"]["inputs"].update({"save_json": True, "filename_prefix": "dng_trace_test", "log_scale": True})

@@ -12,7 +12,7 @@ import nodes as comfy_nodes
 from comfy_api.latest import io
 
 from ..dng_core import DNGConfig, DNGRun, Parametrisation, TraceHistory
-from .inputs import TraceHandle, dng_config, dng_inputs, validate_dng_inputs
+from .inputs import TraceHandle, dng_config, dng_inputs, require_finite, validate_posterior_bounds
 from .patch import StepEvents, current_slot, install_run_wrapper, patch_model
 from .schema import CATEGORY, GUIDERS_CATEGORY, schema
 
@@ -51,11 +51,12 @@ def _schema(**fields: Any) -> io.Schema:
 
 
 class _DNGNode(io.ComfyNode):
-    """Shared validation of dng_inputs() (cross-field rules the schema's min/max can't express)."""
+    """Shared validation of dng_inputs(): the posterior bounds' cross-field rule, taking only those three inputs
+    so that the host keeps checking all the others."""
 
     @classmethod
-    def validate_inputs(cls, **kwargs: Any) -> bool | str:
-        return validate_dng_inputs(**kwargs)
+    def validate_inputs(cls, prior, p_min, p_max) -> bool | str:
+        return validate_posterior_bounds(prior, p_min, p_max)
 
 
 class DynamicNegativeGuidance(_DNGNode):
@@ -128,6 +129,13 @@ class DNGSampler(_DNGNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, empty_conditioning,
                 latent_image, denoise, **params) -> io.NodeOutput:
+        cfg = require_finite("cfg", cfg, 0.0, 100.0)
+        # ComfyUI 0.3.75 does not check V3 combo values at validation (0.33 does) and would fall back to its
+        # first sampler: refuse an unknown name here, naming the input.
+        for name, value, options in (("sampler_name", sampler_name, comfy.samplers.SAMPLER_NAMES),
+                                     ("scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)):
+            if value not in options:
+                raise ValueError(f"{name} {value!r} is not one of ComfyUI's: {', '.join(options)}")
         config = dng_config(**params)
         patched, history = patch_model(model, empty_conditioning, dng_run_factory(config), cls.hidden.unique_id,
                                        "DNG Sampler")
@@ -192,6 +200,7 @@ class DNGGuider(_DNGNode):
 
     @classmethod
     def execute(cls, model, positive, negative, empty_conditioning, cfg, **params) -> io.NodeOutput:
+        cfg = require_finite("cfg", cfg, 0.0, 100.0)
         config = dng_config(**params)
         patched = model.clone()
         history = TraceHistory()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from comfy_api.latest import io
@@ -14,6 +15,11 @@ TraceHandle = io.Custom("DNG_TRACE")
 # Defaults: the authors' CIFAR-10 setting (DNG_ALGORITHM.md section 5). Not tuned for Stable Diffusion.
 _DEFAULTS = DNGConfig()
 
+# The schema ranges of the posterior's bounds. validate_inputs reads these three for its cross-field rule
+# (p_min < prior < p_max), and the host then leaves their range checks to it (it skips its own checks for every
+# input validate_inputs takes), so the ranges live here, used by both.
+POSTERIOR_RANGES = {"prior": (1e-6, 0.999), "p_min": (1e-9, 0.5), "p_max": (0.5, 0.999999)}
+
 
 def dng_inputs() -> list[io.Input]:
     p = _DEFAULTS.posterior
@@ -22,7 +28,8 @@ def dng_inputs() -> list[io.Input]:
                        tooltip="Strength of the negative guidance (paper's lambda0). The scale applied at each "
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
                                "image contains the negative concept. 0 turns the negative guidance off."),
-        io.Float.Input("prior", default=p.prior, min=1e-6, max=0.999, step=0.001, round=1e-6,
+        io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
+                       step=0.001, round=1e-6,
                        tooltip="Initial probability p0 that the negative concept is present; sets the scale "
                                "of the first step (lambda0 * p0 / (1 - p0)). Lower = guidance starts off."),
         io.Float.Input("temperature", default=p.temperature, min=1e-4, max=10.0, step=0.01, round=1e-4,
@@ -32,9 +39,11 @@ def dng_inputs() -> list[io.Input]:
                        tooltip="Per-step bias delta towards the concept (a time-dependent prior). Small "
                                "positive values (2e-4) let the posterior rise when both predictions agree; "
                                "0 disables it."),
-        io.Float.Input("p_min", default=p.p_min, min=1e-9, max=0.5, step=1e-6, round=1e-9, **advanced(),
+        io.Float.Input("p_min", default=p.p_min, min=POSTERIOR_RANGES["p_min"][0], max=POSTERIOR_RANGES["p_min"][1],
+                       step=1e-6, round=1e-9, **advanced(),
                        tooltip="Lower clamp of the posterior; keeps it able to recover. Must be below p_max."),
-        io.Float.Input("p_max", default=p.p_max, min=0.5, max=0.999999, step=0.001, round=1e-6, **advanced(),
+        io.Float.Input("p_max", default=p.p_max, min=POSTERIOR_RANGES["p_max"][0], max=POSTERIOR_RANGES["p_max"][1],
+                       step=0.001, round=1e-6, **advanced(),
                        tooltip="Upper clamp of the posterior; bounds the scale at lambda0 * p_max / (1 - p_max) "
                                "(20 at the defaults)."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
@@ -54,14 +63,29 @@ def dng_config(lambda0: float, prior: float, temperature: float, offset: float, 
                                               PosteriorVariance(posterior_variance)))
 
 
-def validate_dng_inputs(**kwargs: Any) -> bool | str:
-    """validate_inputs for nodes taking dng_inputs(): cross-field rules the schema's min/max can't express."""
-    keys = ("lambda0", "prior", "temperature", "offset", "p_min", "p_max")
-    if any(k not in kwargs or kwargs[k] is None for k in keys):
-        return True  # linked inputs are validated when they arrive (ValueError at execution)
+def validate_posterior_bounds(prior: Any, p_min: Any, p_max: Any) -> bool | str:
+    """validate_inputs of the DNG nodes: p_min < p_max and prior in [p_min, p_max], which the schema's min/max
+    can't express, plus the schema ranges of these three inputs (the host skips its own checks for them).
+
+    Takes only these three, so the host keeps its checks of every other input (sampler_name, steps, cfg, ...)
+    and attaches a failure here to the three inputs the rule concerns, not to the whole node."""
+    values = {"prior": prior, "p_min": p_min, "p_max": p_max}
+    for name, value in values.items():
+        if value is None:
+            return True  # a linked input: checked when it arrives (ValueError at execution)
+        lo, hi = POSTERIOR_RANGES[name]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+            return f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}"
     try:
-        dng_config(**{k: kwargs[k] for k in keys},
-                   posterior_variance=kwargs.get("posterior_variance") or PosteriorVariance.AUTO.value)
+        PosteriorConfig(prior=prior, p_min=p_min, p_max=p_max)
     except ValueError as err:
         return str(err)
     return True
+
+
+def require_finite(name: str, value: float, lo: float, hi: float) -> float:
+    """ValueError naming ``name`` unless lo <= value <= hi. For inputs whose range the host checks at validation
+    but that can still arrive as NaN (JSON allows it, and NaN passes every comparison)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)

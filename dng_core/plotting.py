@@ -8,25 +8,51 @@ import numpy as np
 
 from .trace import GuidanceTrace
 
-__all__ = ["plot_trace"]
+__all__ = ["plot_trace", "plot_message"]
 
 _SCALE_LABEL = {"dng": "lambda_t (DNG)", "np": "scale (negative prompting)", "sld": "effective scale (SLD)"}
 
 
+def _figure(width: int, height: int):
+    if width < 64 or height < 64:
+        raise ValueError(f"width and height must be >= 64 pixels, got {width}x{height}")
+    from matplotlib.figure import Figure  # a Figure without pyplot: no backend, no global state between calls
+
+    dpi = 100
+    return Figure(figsize=(width / dpi, height / dpi), dpi=dpi), dpi
+
+
+def _pixels(fig, dpi: int) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="rgba", dpi=dpi)
+    w, h = fig.canvas.get_width_height()
+    rgba = np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(h, w, 4)
+    return np.ascontiguousarray(rgba[:, :, :3])
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(part, width=max(20, width)) for part in text.split("\n"))
+
+
+def plot_message(message: str, width: int = 768, height: int = 512) -> np.ndarray:
+    """A plot-sized image that says ``message`` (when there is no run to plot), uint8 [height, width, 3]."""
+    fig, dpi = _figure(width, height)
+    fig.text(0.5, 0.5, _wrap(message, width // 8), ha="center", va="center", fontsize=10, color="#a00000")
+    return _pixels(fig, dpi)
+
+
 def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, height: int = 512,
-               title: str | None = None) -> np.ndarray:
+               title: str | None = None, notice: str | None = None) -> np.ndarray:
     """Render ``trace`` to a uint8 array [height, width, 3].
 
     One subplot for the guidance scale and, for DNG, one for the posterior p_t; one curve per batch element
     (and per concept when there are several). ``log_scale`` puts the y axes on a log scale (values <= 0 are
-    drawn at the axis floor).
+    drawn at the axis floor). ``notice`` and the trace's own notes are written above the plot in red (e.g. "this
+    is not the run that made your LATENT", "the guidance never ran").
     """
-    if width < 64 or height < 64:
-        raise ValueError(f"width and height must be >= 64 pixels, got {width}x{height}")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # a Figure without pyplot keeps no global state between calls
+    fig, dpi = _figure(width, height)
 
     steps = np.asarray(trace.step_indices(), dtype=float)
     scale = trace.series("scale").numpy()
@@ -35,8 +61,6 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
     if p.size:
         panels.append(("p", p, "posterior p_t(c- | x_t)"))
 
-    dpi = 100
-    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (key, values, label) in zip(axes, panels):
         if values.size == 0:
@@ -61,10 +85,13 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
     if trace.truncated:
         heading += " (truncated)"
     axes[0].set_title(heading, fontsize=9)
-    fig.tight_layout()
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="rgba", dpi=dpi)
-    w, h = fig.canvas.get_width_height()
-    rgba = np.frombuffer(buf.getvalue(), dtype=np.uint8).reshape(h, w, 4)
-    return np.ascontiguousarray(rgba[:, :, :3])
+    warnings = [m for m in ([notice] if notice else []) + list(trace.notes) if m]
+    if warnings:
+        text = _wrap("\n".join(warnings), width // 7)
+        lines = text.count("\n") + 1
+        top = max(0.35, 1.0 - (lines * 13 + 10) / height)
+        fig.tight_layout(rect=(0, 0, 1, top))
+        fig.text(0.01, 0.995, text, ha="left", va="top", fontsize=8, color="#a00000")
+    else:
+        fig.tight_layout()
+    return _pixels(fig, dpi)

@@ -146,14 +146,16 @@ class StepEvents:
                                 "total_steps": trace.total_steps if trace else None, **record.as_dict()})
 
 
-def _warn(message: str) -> None:
+def send_warning(message: str, node_id: str | None = None) -> None:
+    """Log ``message`` and show it in the browser that queued the prompt (a ``dng.warning`` event: a toast)."""
     log.warning("[DNG] %s", message)
     server = StepEvents._server()
     if server is not None:
         try:
-            server.send_sync("dng.warning", {"message": message}, getattr(server, "client_id", None))
-        except Exception:
-            pass
+            server.send_sync("dng.warning", {"message": message, "node": node_id},
+                             getattr(server, "client_id", None))
+        except Exception:  # a lost browser must never break sampling
+            log.debug("DNG: could not send a warning", exc_info=True)
 
 
 def has_guidance_patch(model: Any) -> bool:
@@ -217,12 +219,12 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
                        "the CFG function, or a custom guider bypassed it (use the DNG guider with "
                        "SamplerCustomAdvanced instead).")
             run.note(message, int(noise.shape[0]))
-            _warn(message)
+            send_warning(message, events.node_id)
         elif run.steps_confirmed == 0:
             message = (f"{label}: no model call of this sampler landed on the schedule's sigmas, so the guidance "
                        "state never advanced (scale stayed at its initial value).")
             run.note(message, int(noise.shape[0]))
-            _warn(message)
+            send_warning(message, events.node_id)
         return samples
 
     wrappers = comfy.patcher_extension.WrappersMP
@@ -235,7 +237,7 @@ def install_cfg_hooks(model: Any, label: str) -> None:
     options = model.model_options
     previous_cfg = options.get("sampler_cfg_function")
     if previous_cfg is not None:
-        _warn(f"{label} replaces a CFG function set by an earlier node on this model (only one can be active); "
+        send_warning(f"{label} replaces a CFG function set by an earlier node on this model (only one can be active); "
               "post-CFG functions keep running.")
     previous_batch = options.get("sampler_calc_cond_batch_function")
 

@@ -11,26 +11,30 @@ import torch
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..dng_core import GuidanceTrace, TraceHistory, plot_trace
+from ..dng_core import GuidanceTrace, TraceHistory, plot_message, plot_trace
 from .inputs import TraceHandle
+from .patch import send_warning
 from .schema import CATEGORY
 
 log = logging.getLogger("comfyui-dng")
 
 
-def find_trace(history: TraceHistory, samples: torch.Tensor) -> GuidanceTrace:
-    """The run that produced ``samples``; the newest run (with a warning) when the latent was changed since."""
-    trace = history.find(samples)
-    if trace is not None:
-        return trace
-    latest = history.latest()
-    if latest is None:
-        raise ValueError("DNG Trace Plot: no sampling run has been recorded for this trace yet. Connect the "
-                         "LATENT output of the sampler that used the patched model (or guider), so the plot "
-                         "runs after sampling.")
-    log.warning("[DNG] Trace Plot: the LATENT does not match any recorded run exactly (was it modified after "
-                "sampling?); plotting the most recent run instead.")
-    return latest
+def find_trace(history: TraceHistory, samples: torch.Tensor) -> tuple[GuidanceTrace | None, str | None]:
+    """(the trace to plot, a notice for the user): the run that produced ``samples``, or, when that run is not
+    known, the newest run with a notice saying so (or no trace at all, when nothing was recorded yet)."""
+    found = history.lookup(samples)
+    if found.status == "found":
+        return found.trace, None
+    if found.status == "empty":
+        return None, ("DNG Trace Plot: no sampling run has used this node's model or guider yet, so there is "
+                      "nothing to plot. Connect the LATENT output of the sampler that used it.")
+    if found.status == "evicted":
+        notice = (f"The run that made this LATENT is no longer kept (each guidance node keeps its last "
+                  f"{history.max_runs} runs); showing the most recent run instead.")
+    else:
+        notice = ("This LATENT does not match any run of this guidance node exactly (was it changed after "
+                  "sampling, or made by another sampler?); showing the most recent run instead.")
+    return history.latest(), notice
 
 
 class DNGTracePlot(io.ComfyNode):
@@ -60,21 +64,33 @@ class DNGTracePlot(io.ComfyNode):
                 io.String.Output(display_name="trace_json", tooltip="The trace as JSON text."),
             ],
             is_output_node=True,
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, trace, latent, log_scale, save_json, filename_prefix, width, height) -> io.NodeOutput:
         if not isinstance(trace, TraceHistory):
             raise ValueError(f"trace must come from a DNG / Negative Prompting / SLD node, got {type(trace).__name__}")
-        run = find_trace(trace, latent["samples"])
-        pixels = plot_trace(run, log_scale=log_scale, width=width, height=height)
+        # A side node: whatever happened to the run, it plots what it can and says why; it never fails the prompt
+        # (the sampler's image is saved either way).
+        run, notice = find_trace(trace, latent["samples"])
+        if notice:
+            send_warning(notice, cls.hidden.unique_id)
+        if run is None:
+            pixels = plot_message(notice, width=width, height=height)
+            text = json.dumps({"format": "dng-trace-status", "notice": notice})
+        else:
+            pixels = plot_trace(run, log_scale=log_scale, width=width, height=height, notice=notice)
+            data = run.to_dict()
+            if notice:
+                data["notice"] = notice
+            text = json.dumps(data)
+            if save_json:
+                folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
+                                                                              folder_paths.get_output_directory())
+                path = os.path.join(folder, f"{name}_{counter:05}_.json")
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(data, f, indent=1)
+                log.info("[DNG] trace saved to %s", path)
         image = torch.from_numpy(pixels).float().div(255.0).unsqueeze(0)  # [1, H, W, 3]
-        text = run.to_json()
-        if save_json:
-            folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix,
-                                                                          folder_paths.get_output_directory())
-            path = os.path.join(folder, f"{name}_{counter:05}_.json")
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(run.to_dict(), f, indent=1)
-            log.info("[DNG] trace saved to %s", path)
         return io.NodeOutput(image, text, ui=ui.PreviewImage(image, cls=cls))

@@ -223,7 +223,7 @@ def test_baseline_patches_record_one_scale_per_step(prompt_runner, pack_nodes, n
         assert torch.all(scale == 0.0)
 
 
-def test_bypassed_patch_warns(prompt_runner, pack_nodes, recorder):
+def test_bypassed_patch_warns_without_a_plot(prompt_runner, pack_nodes, recorder):
     p = guider_prompt(sampler="euler")
     p["10"] = {"class_type": "PerpNegGuider", "inputs": {"model": ["15", 0], "positive": ["2", 0],
                "negative": ["3", 0], "empty_conditioning": ["8", 0], "cfg": 5.0, "neg_scale": 1.0}}

@@ -1,30 +1,61 @@
 // Live guidance curve for the Dynamic Negative Guidance pack.
 // The server sends one "dng.step" event per sampler step (to the client that queued the prompt) and a
-// "dng.run_start" event when a sampling run begins; this extension draws lambda_t (and p_t for DNG) on the
-// node that made the guidance patch, one line per batch element, cleared when a new run starts.
+// "dng.run_start" event when a sampling pass begins; this extension draws lambda_t (and p_t for DNG) on the
+// node that made the guidance patch, one line per batch element, cleared when a new run starts (a pass that
+// continues a split schedule brings the earlier steps along). "dng.warning" events become toasts.
+//
+// Events name nodes by execution id: "12" for a node of the root graph, "5:12" for node 12 inside the subgraph
+// node 5 (and so on, one id per level). The curve is a DOM widget (a <canvas> element), which both the classic
+// canvas and the Vue node renderer ("Nodes 2.0") show.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODE_TYPES = new Set([
   "DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGNegativePrompting", "DNGSafeLatentDiffusion",
 ]);
+const WIDGET = "dng_live_curve";
 const COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176", "#4db6ac", "#f06292"];
 const PLOT_HEIGHT = 130;
+const MAX_RUNS = 64; // runs kept in the page, oldest dropped (one per guidance node and prompt)
+const MAX_WARNINGS = 50;
 
-// Exposed for debugging and the browser tests: the data each node has received and what was last drawn.
-const live = (window.__DNG_LIVE__ = window.__DNG_LIVE__ || { runs: {}, drawn: {}, warnings: [] });
+// Exposed for debugging and the browser tests: the runs received (by execution id), what was last drawn (by
+// execution id) and the warnings shown.
+const live = (window.__DNG_LIVE__ = window.__DNG_LIVE__ || { runs: {}, order: [], drawn: {}, warnings: [] });
 
-function findNode(id) {
-  const graph = app.graph;
-  if (!graph || id === null || id === undefined) return null;
-  const key = String(id).split(":").pop(); // nodes inside subgraphs arrive as "outer:inner"
-  return graph.getNodeById(Number(key)) ?? graph.getNodeById(key) ?? null;
+function rootGraph() {
+  return app.rootGraph ?? app.graph;
+}
+
+// The node an execution id names, walking down through subgraph nodes; null when it is not in the open workflow.
+function resolveExecutionId(id) {
+  if (id === null || id === undefined) return null;
+  let graph = rootGraph();
+  const parts = String(id).split(":");
+  for (let i = 0; i < parts.length; i++) {
+    const node = graph?.getNodeById?.(Number(parts[i])) ?? graph?.getNodeById?.(parts[i]) ?? null;
+    if (!node || i === parts.length - 1) return node;
+    graph = node.subgraph; // a subgraph node holds the graph its inner ids refer to
+  }
+  return null;
+}
+
+function remember(id, run) {
+  const key = String(id);
+  if (key in live.runs) live.order.splice(live.order.indexOf(key), 1);
+  live.runs[key] = run;
+  live.order.push(key);
+  while (live.order.length > MAX_RUNS) {
+    const old = live.order.shift();
+    delete live.runs[old];
+    delete live.drawn[old];
+  }
 }
 
 function series(run, key) {
-  // run[key]: list over steps of [concepts][batch] -> list of lines, each a list of [step, value]
+  // run.steps[i][key]: [concepts][batch] -> list of lines, each a list of [step, value]
   const lines = [];
-  run.steps.forEach((rec, i) => {
+  run.steps.forEach((rec) => {
     const rows = rec[key];
     if (!rows) return;
     let n = 0;
@@ -66,50 +97,67 @@ function drawPanel(ctx, lines, x, y, w, h, label, maxStep) {
   return points;
 }
 
-function curveWidget(node) {
-  return {
-    name: "dng_live_curve",
-    type: "dng_live_curve",
-    value: null,
-    options: { serialize: false },
-    serialize: false,
-    computeSize(width) { return [width, PLOT_HEIGHT]; },
-    draw(ctx, node, width, y) {
-      const run = node.__dngRun;
-      const x = 10, w = width - 20;
-      if (!run || run.steps.length === 0) {
-        ctx.save();
-        ctx.fillStyle = "#888";
-        ctx.font = "11px sans-serif";
-        ctx.fillText("guidance curve appears here while sampling", x, y + 20);
-        ctx.restore();
-        return;
-      }
-      const maxStep = Math.max(run.total_steps ? run.total_steps - 1 : 0, ...run.steps.map((r) => r.step));
-      const scale = series(run, "scale");
-      const p = series(run, "p");
-      const hasP = p.length > 0;
-      const h = hasP ? (PLOT_HEIGHT - 12) / 2 : PLOT_HEIGHT - 8;
-      let points = drawPanel(ctx, scale, x, y + 2, w, h, run.method === "dng" ? "lambda_t" : "scale", maxStep);
-      if (hasP) points += drawPanel(ctx, p, x, y + 6 + h, w, h, "p_t", maxStep);
-      live.drawn[node.id] = { lines: scale.length + p.length, points, steps: run.steps.length,
-                              lastScale: scale.map((l) => l[l.length - 1][1]) };
-    },
+function paint(node) {
+  const canvas = node.__dngCanvas;
+  if (!canvas) return;
+  // layout size (CSS pixels, before the graph's zoom transform); a hidden widget has none: use the node's
+  const width = Math.max(60, canvas.clientWidth || node.size[0] - 20);
+  const height = Math.max(40, canvas.clientHeight || PLOT_HEIGHT);
+  const dpr = window.devicePixelRatio || 1;
+  if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
+    canvas.width = Math.round(width * dpr);
+    canvas.height = Math.round(height * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  const run = node.__dngRun;
+  if (!run || run.steps.length === 0) {
+    ctx.fillStyle = "#888";
+    ctx.font = "11px sans-serif";
+    ctx.fillText("guidance curve appears here while sampling", 4, 20);
+    return;
+  }
+  const maxStep = Math.max(run.total_steps ? run.total_steps - 1 : 0, ...run.steps.map((r) => r.step));
+  const scale = series(run, "scale");
+  const p = series(run, "p");
+  const hasP = p.length > 0;
+  const h = hasP ? (height - 8) / 2 : height - 4;
+  let points = drawPanel(ctx, scale, 1, 1, width - 2, h, run.method === "dng" ? "lambda_t" : "scale", maxStep);
+  if (hasP) points += drawPanel(ctx, p, 1, 5 + h, width - 2, h, "p_t", maxStep);
+  live.drawn[node.__dngExecId ?? String(node.id)] = {
+    lines: scale.length + p.length, points, steps: run.steps.length,
+    lastScale: scale.map((l) => l[l.length - 1][1]),
   };
 }
 
-function redraw(node) {
-  node.setDirtyCanvas(true, true);
-  // Nodes 2.0 (Vue nodes) draws canvas widgets on a canvas of their own, repainted only on triggerDraw()
-  node.widgets?.find((w) => w.name === "dng_live_curve")?.triggerDraw?.();
+function ensureWidget(node) {
+  if (node.widgets?.some((w) => w.name === WIDGET)) return;
+  const canvas = document.createElement("canvas");
+  canvas.className = "dng-live-curve";
+  Object.assign(canvas.style, { width: "100%", height: `${PLOT_HEIGHT}px`, display: "block" });
+  const widget = node.addDOMWidget(WIDGET, WIDGET, canvas, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => PLOT_HEIGHT,
+    getMaxHeight: () => PLOT_HEIGHT,
+  });
+  widget.serialize = false; // not part of the workflow's widgets_values
+  node.__dngCanvas = canvas;
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => paint(node)).observe(canvas);
+  const size = node.computeSize();
+  node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+  paint(node);
 }
 
-function ensureWidget(node) {
-  if (!node.widgets?.some((w) => w.name === "dng_live_curve")) {
-    node.addCustomWidget(curveWidget(node));
-    const size = node.computeSize();
-    node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
-  }
+function show(id, run) {
+  const node = resolveExecutionId(id);
+  if (!node || !NODE_TYPES.has(node.comfyClass ?? node.type)) return;
+  node.__dngRun = run;
+  node.__dngExecId = String(id);
+  ensureWidget(node);
+  paint(node);
+  node.setDirtyCanvas?.(true, true);
 }
 
 app.registerExtension({
@@ -125,20 +173,22 @@ app.registerExtension({
   },
   setup() {
     api.addEventListener("dng.run_start", ({ detail }) => {
-      const run = { method: detail.method, total_steps: detail.total_steps, steps: [] };
-      live.runs[detail.node] = run;
-      const node = findNode(detail.node);
-      if (node) { node.__dngRun = run; ensureWidget(node); redraw(node); }
+      const run = { method: detail.method, total_steps: detail.total_steps, steps: [...(detail.steps ?? [])] };
+      remember(detail.node, run);
+      show(detail.node, run);
     });
     api.addEventListener("dng.step", ({ detail }) => {
-      const run = (live.runs[detail.node] = live.runs[detail.node] ||
-        { method: detail.method, total_steps: detail.total_steps, steps: [] });
+      let run = live.runs[String(detail.node)];
+      if (!run) {
+        run = { method: detail.method, total_steps: detail.total_steps, steps: [] };
+        remember(detail.node, run);
+      }
       run.steps.push({ step: detail.step, sigma: detail.sigma, scale: detail.scale, p: detail.p });
-      const node = findNode(detail.node);
-      if (node) { node.__dngRun = run; redraw(node); }
+      show(detail.node, run);
     });
     api.addEventListener("dng.warning", ({ detail }) => {
       live.warnings.push(detail.message);
+      if (live.warnings.length > MAX_WARNINGS) live.warnings.shift();
       const toast = app.extensionManager?.toast;
       if (toast?.add) toast.add({ severity: "warn", summary: "Dynamic Negative Guidance", detail: detail.message, life: 10000 });
       else console.warn("[DNG]", detail.message);

@@ -660,7 +660,9 @@ class ComfyPage:
             .comfyui-menu, .side-tool-bar-container, .actionbar, .actionbar-container, .graph-canvas-panel,
             .p-toast, .workflow-tabs-container, .top-menu, .splitter-overlay-root > .p-splitter-gutter,
             .selection-toolbox, .zoom-controls, .canvas-controls, .graph-canvas-menu, .p-panel,
-            [class*="minimap"], [class*="breadcrumb"], nav { visibility: hidden !important; }""")
+            [class*="minimap"], [class*="breadcrumb"], nav,
+            .graph-canvas-container [class*="border-l-destructive-background"],
+            .graph-canvas-container [class*="bg-comfy-menu-bg"] { visibility: hidden !important; }""")
 
 
 def split_console(entries: list[ConsoleEntry], server_url: str) -> tuple[list[ConsoleEntry], list[ConsoleEntry]]:

@@ -415,3 +415,53 @@ def test_auto_posterior_variance_resolves_per_sampler(stochastic, expected) -> N
     assert params["variance"] == expected and params["variance_requested"] == "auto"
     assert params["stochastic_sampler"] is stochastic
     assert "variance_requested" not in finals["explicit"][1]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_a_split_schedule_continued_equals_the_whole_run(sampler: str) -> None:
+    """Two passes, SCHEDULE[:4] then SCHEDULE[3:] on the first pass's output, with the second continuing the first
+    (RunContinuation), give the posterior, scales and trace of one run over the whole schedule: exactly for euler
+    (one call per step). Heun's last call of the first pass (its predictor at sigma_3) is a candidate first call of
+    step 3 in the whole run, but an inner call of step 2 in the split one (sigma_3 is not a step of the first
+    pass), so it is guided with step 2's scale there and the paths differ by that much (here < 1e-3 relative)."""
+    sample = sample_euler if sampler == "euler" else (lambda d, x, s: sample_heun(d, x, s)[:2])
+    whole = DNGRun(CONFIG, SCHEDULE)
+    x_whole, _ = sample(make_denoiser(whole, ToyModel()), _x0(), SCHEDULE)
+    whole.finish(x_whole)
+
+    first = DNGRun(CONFIG, SCHEDULE[:4])
+    model = ToyModel()
+    x_mid, _ = sample(make_denoiser(first, model), _x0(), SCHEDULE[:4])
+    first.finish(x_mid)
+    second = DNGRun(CONFIG, SCHEDULE[3:])
+    assert second.continue_from(first.continuation(), BATCH)
+    x_end, _ = sample(make_denoiser(second, model), x_mid, SCHEDULE[3:])
+    second.finish(x_end)
+
+    tol = {"rtol": 0, "atol": 0} if sampler == "euler" else {"rtol": 2e-3, "atol": 1e-6}
+    torch.testing.assert_close(x_end, x_whole, **tol)
+    torch.testing.assert_close(second.final_posterior(), whole.final_posterior(), **tol)
+    torch.testing.assert_close(second.trace.series("scale"), whole.trace.series("scale"), **tol)
+    if sampler == "euler":
+        torch.testing.assert_close(second.trace.series("p"), whole.trace.series("p"), rtol=0, atol=0)
+    assert second.trace.step_indices() == whole.trace.step_indices() == list(range(N_STEPS))
+    assert second.trace.total_steps == N_STEPS and second.trace.state_updates == N_STEPS
+    assert second.trace.model_calls == whole.trace.model_calls
+
+
+def test_only_the_rest_of_the_schedule_continues_a_run() -> None:
+    first = DNGRun(CONFIG, SCHEDULE[:4])
+    x, _ = sample_euler(make_denoiser(first, ToyModel()), _x0(), SCHEDULE[:4])
+    first.finish(x)
+    cont = first.continuation()
+    assert cont is not None and cont.last_sigma == SCHEDULE[3]
+    assert not DNGRun(CONFIG, SCHEDULE).continue_from(cont, BATCH)  # starts at sigma_max again: a new run
+    assert not DNGRun(CONFIG, SCHEDULE[3:]).continue_from(cont, BATCH + 1)  # another batch
+    other = DNGConfig(lambda0=3.0, posterior=CONFIG.posterior)
+    assert not DNGRun(other, SCHEDULE[3:]).continue_from(cont, BATCH)  # other settings
+    assert not NegativePromptRun(0.5, SCHEDULE[3:]).continue_from(cont, BATCH)  # another method
+    ended = DNGRun(CONFIG, SCHEDULE)
+    xe, _ = sample_euler(make_denoiser(ended, ToyModel()), _x0(), SCHEDULE)
+    ended.finish(xe)
+    assert ended.continuation().last_sigma == 0.0
+    assert not DNGRun(CONFIG, [0.0, 0.0]).continue_from(ended.continuation(), BATCH)  # ended at 0: nothing to continue

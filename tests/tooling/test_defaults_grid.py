@@ -1,0 +1,53 @@
+"""benchmarks/defaults_grid.py without the host: the points, their sharding and the per-cell verdict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.defaults_grid import CELLS, cell_verdict, points, shard, wilson_upper
+
+
+def test_every_required_cell_and_a_disjoint_cover_by_shards():
+    assert len(CELLS) == 10 and ("mnist16", "euler", 20) in CELLS and ("digits8", "dpmpp_2m_sde", 50) in CELLS
+    pts = points([0, 1])
+    assert len({p.key for p in pts}) == len(pts)
+    parts = [shard(pts, f"{i}/3") for i in range(3)]
+    assert sorted(p.key for part in parts for p in part) == sorted(p.key for p in pts)
+    with pytest.raises(ValueError):
+        shard(pts, "3/3")
+
+
+def test_wilson_upper_bound():
+    # 0 of 1000: the rule of three gives ~0.3 %; Wilson's upper end is 0.38 %
+    assert wilson_upper(0, 1000) == pytest.approx(0.383, abs=0.002)
+    assert wilson_upper(10, 1000) == pytest.approx(1.83, abs=0.01)  # 1 % observed: upper ~1.8 %
+    assert math.isnan(wilson_upper(0, 0))
+
+
+def _row(case, method, strength, forbidden=0.0, upper=0.5, kl=0.1, fd=1.0, change=None):
+    return {"case": case, "method": method, "strength": strength, "forbidden_pct": forbidden,
+            "forbidden_upper95": upper, "kl": kl, "fd_clf": fd, "mean_abs_change": change}
+
+
+def test_cell_verdict_on_a_known_case():
+    rows = [
+        _row("removal", "dng", 2.0, forbidden=2.0, upper=3.0, kl=0.01, fd=1.0),
+        _row("removal", "dng", 5.0, forbidden=0.8, upper=1.4, kl=0.02, fd=2.0),  # the weakest safe point
+        _row("removal", "np", 0.3, forbidden=1.6, kl=0.05, fd=5.0),
+        _row("removal", "np", 0.5, forbidden=0.0, kl=0.09, fd=9.0),  # at 0.8 %: KL 0.07, FD 7 (interpolated)
+        _row("removal", "sld", 0.5, forbidden=1.2, kl=0.03, fd=3.0),
+        _row("removal", "sld", 1.0, forbidden=0.4, kl=0.05, fd=5.0),  # at 0.8 %: KL 0.04, FD 4
+        _row("unrelated", "dng", 5.0, change=0.005),
+        _row("unrelated", "np", 0.5, change=0.1),
+    ]
+    v = cell_verdict(rows)
+    assert v["safety_met"] and v["lambda0"] == 5.0
+    assert v["kl_ratio_np"] == pytest.approx(0.02 / 0.07) and v["kl_vs_np_met"]
+    assert v["fd_clf_ratio_sld"] == pytest.approx(2.0 / 4.0) and v["fd_clf_vs_sld_met"]
+    assert v["np_matched_scale"] == 0.5 and v["change_ratio"] == pytest.approx(0.05) and v["deactivation_met"]
+    assert v["all_met"]
+    # the upper bound decides safety too: 0.8 % observed with an upper bound of 1.6 % is not safe enough
+    rows[1] = _row("removal", "dng", 5.0, forbidden=0.8, upper=1.6)
+    assert not cell_verdict(rows)["safety_met"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from .baselines import SLD_PRESETS, SLDConfig, SLDState, negative_prompting, sld_denoised, sld_step
 from .guidance import combine_guidance
 from .history import TraceHistory, TraceLookup
-from .plotting import plot_message, plot_trace
+from .plotting import PlottingUnavailable, plot_message, plot_trace
 from .parametrisation import Parametrisation, ReverseKernel, reverse_kernel
 from .posterior import PosteriorConfig, PosteriorTracker, PosteriorVariance, guidance_scale, posterior_increment
 from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, RunContinuation, SLDRun, StepAligner,
@@ -25,7 +25,7 @@ from .trace import GuidanceTrace, StepRecord
 
 __all__ = [
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
-    "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel", "RunContinuation", "SLDConfig", "SLDRun",
+    "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel", "RunContinuation", "SLDConfig", "SLDRun",
     "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory", "TraceLookup", "combine_guidance",
     "guidance_scale", "negative_prompting", "plot_message", "plot_trace", "posterior_increment", "reverse_kernel", "sld_denoised",
     "sld_step", "tensor_fingerprint",

@@ -33,7 +33,6 @@ states are already native.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +84,3 @@ def reverse_kernel(
     coef_d = alpha_n * s2_ts / safe_s2
     variance = torch.where(s2 > 0, s2_ts * s2_n / safe_s2, torch.zeros_like(s2))
     return ReverseKernel(coef_x, coef_d, variance, native_n * native_n)
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

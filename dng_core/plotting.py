@@ -8,7 +8,11 @@ import numpy as np
 
 from .trace import GuidanceTrace
 
-__all__ = ["plot_trace", "plot_message"]
+__all__ = ["plot_trace", "plot_message", "PlottingUnavailable"]
+
+
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed in the Python that runs the host."""
 
 _SCALE_LABEL = {"dng": "lambda_t (DNG)", "np": "scale (negative prompting)", "sld": "effective scale (SLD)"}
 
@@ -16,7 +20,13 @@ _SCALE_LABEL = {"dng": "lambda_t (DNG)", "np": "scale (negative prompting)", "sl
 def _figure(width: int, height: int):
     if width < 64 or height < 64:
         raise ValueError(f"width and height must be >= 64 pixels, got {width}x{height}")
-    from matplotlib.figure import Figure  # a Figure without pyplot: no backend, no global state between calls
+    try:
+        from matplotlib.figure import Figure  # a Figure without pyplot: no backend, no global state between calls
+    except ImportError as err:
+        raise PlottingUnavailable(
+            "DNG Trace Plot needs matplotlib, which is not installed in the Python that runs ComfyUI. Install the "
+            "pack's requirements.txt with that Python (e.g. `python -m pip install -r requirements.txt` in "
+            "custom_nodes/ComfyUI-DNG), then restart ComfyUI.") from err
 
     dpi = 100
     return Figure(figsize=(width / dpi, height / dpi), dpi=dpi), dpi

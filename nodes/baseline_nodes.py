@@ -5,8 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..dng_core import LAMBDA0_MAX, SLD_PRESETS, NegativePromptRun, SLDConfig, SLDRun
-from .dng_nodes import _EMPTY_TOOLTIP
-from .inputs import TraceHandle
+from .inputs import TraceHandle, empty_conditioning_input
 from .patch import patch_model
 from .schema import BASELINES_CATEGORY, advanced, schema
 _CUSTOM = "custom"
@@ -30,7 +29,7 @@ class NegativePromptingGuidance(io.ComfyNode):
                         "(ComfyUI's ordinary negative prompt instead replaces the unconditional prediction.)",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (left unchanged)."),
-                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                empty_conditioning_input(),
                 io.Float.Input("scale", default=0.5, min=0.0, max=LAMBDA0_MAX, step=0.01, round=0.001,
                                tooltip="Constant negative scale applied at every step to every sample. The "
                                        "paper's comparable values are about a tenth of DNG's lambda0."),
@@ -67,7 +66,7 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
                         "diffusers' form, with the KSampler's negative as the safety concept.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (left unchanged)."),
-                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                empty_conditioning_input(),
                 io.Combo.Input("preset", options=[*SLD_PRESETS.keys(), _CUSTOM], default="medium",
                                tooltip="SLD presets: weak / medium (diffusers default) / strong / max from the "
                                        "SLD paper; paper_class_removal: the DNG paper's tuned setting; custom: "

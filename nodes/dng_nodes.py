@@ -12,7 +12,8 @@ import nodes as comfy_nodes
 from comfy_api.latest import io
 
 from ..dng_core import DNGConfig, DNGRun, Parametrisation, TraceHistory
-from .inputs import TraceHandle, dng_config, dng_inputs, require_finite, validate_posterior_bounds
+from .inputs import (TraceHandle, dng_config, dng_inputs, empty_conditioning_input, require_finite,
+                     validate_posterior_bounds)
 from .patch import StepEvents, current_slot, install_run_wrapper, patch_model
 from .schema import CATEGORY, GUIDERS_CATEGORY, schema
 
@@ -28,15 +29,13 @@ def dng_run_factory(config: DNGConfig, concepts: int = 1):
     return make_run
 
 
-_EMPTY_TOOLTIP = ("The unconditional prompt: CLIPTextEncode with an empty text. DNG measures the negative "
-                  "concept against it, so it must not contain the concept.")
 
 
 def _prompt_inputs() -> list[io.Input]:
     """positive / negative / empty conditioning of the nodes that sample themselves (sampler, guider)."""
     return [io.Conditioning.Input("positive", tooltip="What the image should contain."),
             io.Conditioning.Input("negative", tooltip="The concept to remove (DNG's negative concept)."),
-            io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP)]
+            empty_conditioning_input()]
 
 
 def _trace_output(connect_with: str) -> io.Output:
@@ -72,7 +71,7 @@ class DynamicNegativeGuidance(_DNGNode):
                         "when the concept is absent. Connect the KSampler's negative to the concept to remove.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (left unchanged; a patched copy is output)."),
-                io.Conditioning.Input("empty_conditioning", tooltip=_EMPTY_TOOLTIP),
+                empty_conditioning_input(),
                 *dng_inputs(),
             ],
             outputs=[

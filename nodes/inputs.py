@@ -12,6 +12,14 @@ from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
 
+EMPTY_CONDITIONING_TOOLTIP = ("The unconditional prompt: CLIPTextEncode with an empty text. DNG measures the "
+                              "negative concept against it, so it must not contain the concept.")
+
+
+def empty_conditioning_input() -> io.Input:
+    """The ``empty_conditioning`` input of every node that guides with a negative concept."""
+    return io.Conditioning.Input("empty_conditioning", tooltip=EMPTY_CONDITIONING_TOOLTIP)
+
 # Defaults: the authors' CIFAR-10 setting (DNG_ALGORITHM.md section 5). Not tuned for Stable Diffusion.
 _DEFAULTS = DNGConfig()
 

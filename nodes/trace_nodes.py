@@ -6,12 +6,13 @@ import json
 import logging
 import os
 
+import numpy as np
 import torch
 
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..dng_core import GuidanceTrace, TraceHistory, plot_message, plot_trace
+from ..dng_core import GuidanceTrace, PlottingUnavailable, TraceHistory, plot_message, plot_trace
 from .inputs import TraceHandle
 from .patch import send_warning
 from .schema import CATEGORY
@@ -76,11 +77,15 @@ class DNGTracePlot(io.ComfyNode):
         run, notice = find_trace(trace, latent["samples"])
         if notice:
             send_warning(notice, cls.hidden.unique_id)
+        try:
+            pixels = (plot_message(notice, width=width, height=height) if run is None else
+                      plot_trace(run, log_scale=log_scale, width=width, height=height, notice=notice))
+        except PlottingUnavailable as err:  # the trace JSON and the sampler's image are still produced
+            send_warning(str(err), cls.hidden.unique_id)
+            pixels = np.full((height, width, 3), 96, dtype=np.uint8)
         if run is None:
-            pixels = plot_message(notice, width=width, height=height)
             text = json.dumps({"format": "dng-trace-status", "notice": notice})
         else:
-            pixels = plot_trace(run, log_scale=log_scale, width=width, height=height, notice=notice)
             data = run.to_dict()
             if notice:
                 data["notice"] = notice

@@ -3,7 +3,7 @@
 Everything runs THROUGH THE REAL HOST: API prompts with the pack's nodes (DNGReferenceModelLoader,
 DNGDigitConditioning, DNGEmptyDigitLatent, DynamicNegativeGuidance / DNGNegativePrompting /
 DNGSafeLatentDiffusion, ComfyUI's own KSampler) are executed in-process by ComfyUI's real executor
-(tests/support/host.py: PromptRunner). Nothing here calls dng_core directly.
+(devtools/host.py: PromptRunner). Nothing here calls dng_core directly.
 
 * :func:`digit_prompt` builds the prompt (the structure of tests/support/reference_prompts.reference_prompt, plus
   an optional positive digit for the deactivation benchmark).
@@ -119,7 +119,7 @@ class Bench:
     """One in-process ComfyUI host with the pack loaded and one PromptRunner (its cache keeps the loader)."""
 
     def __init__(self, runner: Any | None = None) -> None:
-        from tests.support import host as H
+        from devtools import host as H
 
         t0 = time.perf_counter()
         H.import_host()
@@ -305,7 +305,7 @@ def environment() -> dict:
     threads, platform. Seeds do not carry between hosts (0.33 seeds CPU noise differently from 0.3.75)."""
     import platform
 
-    from tests.support.host import HOST
+    from devtools.host import HOST
 
     return {"comfyui": HOST.version, "host_role": HOST.role, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "platform": platform.platform(), "python": sys.version.split()[0]}

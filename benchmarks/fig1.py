@@ -5,7 +5,7 @@ tracked posterior, and negative prompting, sampled with euler_ancestral (eta = 1
     .venv/bin/python benchmarks/fig1.py --no-2d --n 5000
 
 Writes benchmarks/results/fig1.json, fig1.png (1-D histograms) and fig1_2d.png (2-D histograms). The mixtures,
-sampler and methods are those of tests/core/test_fig1.py (shared helpers in tests/core/toy_mixture.py); the test
+sampler and methods are those of tests/core/test_fig1.py (shared helpers in devtools/toy_mixture.py); the test
 docstring explains the metric, the noise floor and the settings of the tracked run.
 
 Top-level keys of fig1.json are the 1-D toy (the paper's figure); "toys" holds both toys in full, and "diagnostics"
@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.core.toy_mixture import (SIGMA_MAX, SIGMA_MIN, TOY_1D, TOY_2D, TRACKED_P_MAX, TRACKED_P_MIN,  # noqa: E402
+from devtools.toy_mixture import (SIGMA_MAX, SIGMA_MIN, TOY_1D, TOY_2D, TRACKED_P_MAX, TRACKED_P_MIN,  # noqa: E402
                                     TRACKED_PRIOR, Fig1Result, Toy, dng_tracked_config, fig1_sigmas,
                                     kept_relative_weights, mode_fractions, run_dng_exact_filter, run_dng_tracked,
                                     run_fig1, tracked_posterior_error)

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scripts.comfy_workflow import workflow_to_prompt  # noqa: E402
-from tests.support.host import HOST  # noqa: E402
-from tests.support.server import ComfyServer  # noqa: E402
+from devtools.host import HOST  # noqa: E402
+from devtools.server import ComfyServer  # noqa: E402
 
 WORKFLOW = REPO / "example_workflows" / "dng_reference_demo.json"
 

@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # normally done by pytest's pythonpath = ["."]
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support.host import HOST_DIR, host_available  # noqa: E402
+from devtools.host import HOST_DIR, host_available  # noqa: E402
 
 
 HOST_MISSING_REASON = (f"ComfyUI host not found at {HOST_DIR} - run `bash scripts/setup_env.sh` (or `make test`) "

@@ -1,4 +1,4 @@
-"""Paper Fig. 1 reproduced on Gaussian mixtures whose denoisers and posteriors are exact (tests/core/toy_mixture.py).
+"""Paper Fig. 1 reproduced on Gaussian mixtures whose denoisers and posteriors are exact (devtools/toy_mixture.py).
 
 Setting. 1-D: three modes at -3, 0, 3 (stds 0.6, 0.4, 0.5; weights 0.25, 0.35, 0.40), the middle one removed.
 2-D: five modes on a ring of radius 3 plus one in the centre (unequal weights and widths), the centre removed.
@@ -49,7 +49,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.core.toy_mixture import (DTYPE, TOY_1D, TOY_2D, Fig1Result, fig1_sigmas, run_fig1,
+from devtools.toy_mixture import (DTYPE, TOY_1D, TOY_2D, Fig1Result, fig1_sigmas, run_fig1,
                                     tracked_posterior_error)
 
 MATCH_FACTOR = 4.0

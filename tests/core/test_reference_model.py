@@ -96,7 +96,7 @@ def test_schedule_float_timesteps_match_comfy_interpolation():
 
 @pytest.mark.host
 def test_schedule_bitwise_equals_comfyui_model_sampling():
-    from tests.support.host import HOST_DIR, host_available
+    from devtools.host import HOST_DIR, host_available
 
     comfy_dir = HOST_DIR
     if not host_available():  # the host marker skips it first; kept for a direct call

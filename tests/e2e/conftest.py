@@ -1,4 +1,4 @@
-"""A real ComfyUI server for the whole e2e session (tests/support/server.py).
+"""A real ComfyUI server for the whole e2e session (devtools/server.py).
 
     def test_something(comfy_server):
         entry = comfy_server.run(prompt)                    # POST /prompt, poll /history; raises on error
@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tests.support.host import PACK_NAME, pack_available
-from tests.support.server import ComfyServer, ServerStartError
-from tests.support.tiny_checkpoint import get_tiny_checkpoint
+from devtools.host import PACK_NAME, pack_available
+from devtools.server import ComfyServer, ServerStartError
+from devtools.tiny_checkpoint import get_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +54,8 @@ def server_pack_nodes(comfy_server) -> dict:
 
 @pytest.fixture(scope="session")
 def browser():
-    """One headless chromium with the real frontend's pages (tests/support/workflows.py: Browser)."""
-    from tests.support.workflows import Browser, browser_missing_reason
+    """One headless chromium with the real frontend's pages (devtools/workflows.py: Browser)."""
+    from devtools.workflows import Browser, browser_missing_reason
 
     reason = browser_missing_reason()
     if reason:

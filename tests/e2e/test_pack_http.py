@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.support.prompts import dng_prompt
-from tests.support.server import PromptRejected
+from devtools.server import PromptRejected
 
 PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGTracePlot", "DNGNegativePrompting",
               "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning", "DNGEmptyDigitLatent",

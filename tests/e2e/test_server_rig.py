@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from tests.support.host import CHECKPOINT_NAME, txt2img_prompt
-from tests.support.server import PromptRejected
-from tests.support.tiny_checkpoint import host_version
+from devtools.host import CHECKPOINT_NAME, txt2img_prompt
+from devtools.server import PromptRejected
+from devtools.tiny_checkpoint import host_version
 
 
 def test_server_starts_and_lists_builtin_nodes(comfy_server):

@@ -1,9 +1,9 @@
 """The real frontend in headless chromium against the real server: the page loads cleanly with the pack, the
 live-curve extension registers, and a workflow queued from the page draws the guidance curve on its node.
 
-Browser: Debian's /usr/bin/chromium driven by playwright (tests/support/workflows.py: CHROMIUM_ARGS, a fresh
+Browser: Debian's /usr/bin/chromium driven by playwright (devtools/workflows.py: CHROMIUM_ARGS, a fresh
 profile, a new browser context per page). Console errors fail the tests, except the frontend's own messages
-listed in tests/support/workflows.py (BENIGN_404_PATHS, BENIGN_OFFLINE_HOSTS, BENIGN_ERROR_SIGNATURES), and
+listed in devtools/workflows.py (BENIGN_404_PATHS, BENIGN_OFFLINE_HOSTS, BENIGN_ERROR_SIGNATURES), and
 each of those only because the same page without the pack shows it too
 (test_allowed_console_errors_also_show_without_the_pack loads both and compares):
 
@@ -29,10 +29,10 @@ import json
 
 import pytest
 
-from tests.support.host import CHECKPOINT_NAME, HOST, PACK_NAME
-from tests.support.hosts import NEWEST_FRONTEND_VERSION, frontend_static_dir
-from tests.support.server import ComfyServer, ServerStartError
-from tests.support.workflows import SD15_CKPT, artifacts_dir, screenshot_nodes, split_console, swap_models
+from devtools.host import CHECKPOINT_NAME, HOST, PACK_NAME
+from devtools.hosts import NEWEST_FRONTEND_VERSION, frontend_static_dir
+from devtools.server import ComfyServer, ServerStartError
+from devtools.workflows import SD15_CKPT, artifacts_dir, screenshot_nodes, split_console, swap_models
 
 EXTENSION = "dng.live_curve"
 CURVE_COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373"]  # web/dng_live.js COLORS[0:4]

@@ -2,7 +2,7 @@
 converts to API format there (``app.loadGraphData`` + ``app.graphToPrompt()``, what the browser queues) and runs
 on the real server.
 
-At test time the checkpoints are the tiny random-weight ones (tests/support/tiny_checkpoint.py): the SD1.5 one for
+At test time the checkpoints are the tiny random-weight ones (devtools/tiny_checkpoint.py): the SD1.5 one for
 v1-5-pruned-emaonly-fp16.safetensors, and a tiny SDXL-detected one for sd_xl_base_1.0.safetensors (the host's own
 SDXL classes: 131 M UNet parameters, and the full, fixed-size CLIP-L + CLIP-G text encoders, which are most of its
 1.8 GB and of the SDXL run's ~15 s on CPU). Latents are shrunk to 64 px and samplers to 4 steps.
@@ -17,8 +17,8 @@ import time
 import pytest
 
 from scripts.comfy_workflow import FRONTEND_ONLY, workflow_to_prompt
-from tests.support.host import CHECKPOINT_NAME, HOST, PACK_NAME
-from tests.support.workflows import (
+from devtools.host import CHECKPOINT_NAME, HOST, PACK_NAME
+from devtools.workflows import (
     PATCH_NODES, SD15_CKPT, SDXL_CKPT, shipped, shrink_prompt, specs,
     swap_models, widget_inputs, build_workflow, canonical,
 )
@@ -33,7 +33,7 @@ SPECS = {s.name: s for s in specs()}
 @pytest.fixture(scope="module")
 def tiny_sdxl(comfy_server, rig_timings):
     """The tiny SDXL checkpoint, linked into the running server's models/checkpoints."""
-    from tests.support.tiny_checkpoint import get_tiny_sdxl_checkpoint
+    from devtools.tiny_checkpoint import get_tiny_sdxl_checkpoint
 
     t0 = time.perf_counter()
     path = get_tiny_sdxl_checkpoint()
@@ -54,7 +54,7 @@ def page(browser, comfy_server, server_pack_nodes, tiny_sdxl, rig_timings):
 
 
 def test_shipped_workflows_have_thumbnails_and_include_the_generated_ones():
-    """example_workflows/ holds every workflow of the generator (tests/support/workflows.py) in its format, and every
+    """example_workflows/ holds every workflow of the generator (devtools/workflows.py) in its format, and every
     workflow there has the thumbnail the template browser asks for (<name>.jpg)."""
     files = shipped()
     assert set(SPECS) <= set(files), f"not generated yet: {sorted(set(SPECS) - set(files))}"
@@ -97,7 +97,7 @@ def test_template_browser_shows_the_pack_with_thumbnails(page):
 
 def test_committed_files_match_the_generator(page):
     """Rebuilding each workflow in this frontend gives the committed JSON (regenerate with
-    ``python -m tests.support.workflows`` after changing a workflow or the pinned frontend). The files are saved by
+    ``python -m devtools.workflows`` after changing a workflow or the pinned frontend). The files are saved by
     the main host's frontend; other frontends save another form (e.g. ``widgets_values_named``), and the floor only
     has to load and run them (test_workflow_loads_converts_and_runs)."""
     if HOST.role != "main":
@@ -106,7 +106,7 @@ def test_committed_files_match_the_generator(page):
     for name, spec in SPECS.items():
         if canonical(build_workflow(page, spec)) != shipped()[name].read_text():
             stale.append(name)
-    assert not stale, f"out of date, run `python -m tests.support.workflows`: {stale}"
+    assert not stale, f"out of date, run `python -m devtools.workflows`: {stale}"
 
 
 @pytest.mark.parametrize("name", sorted(shipped()))

@@ -1,4 +1,4 @@
-"""Session fixtures for in-process tests against the real ComfyUI host (tests/support/host.py).
+"""Session fixtures for in-process tests against the real ComfyUI host (devtools/host.py).
 
     def test_something(prompt_runner, pack_nodes):
         p = txt2img_prompt()
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support import host as H
+from devtools import host as H
 
 
 @pytest.fixture(scope="session")

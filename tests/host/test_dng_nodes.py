@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.support import host as H
+from devtools import host as H
 from tests.support.prompts import PRIOR, dng_prompt, guider_prompt
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "uni_pc", "ddim",

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tests.support import host as H
-from tests.support.tiny_checkpoint import TINY_UNET_CONFIG
+from devtools import host as H
+from devtools.tiny_checkpoint import TINY_UNET_CONFIG
 
 
 def test_tiny_checkpoint_is_detected_as_sd15(tiny_models):

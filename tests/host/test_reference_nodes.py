@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.support import host as H
+from devtools import host as H
 from tests.support.reference_prompts import reference_prompt
 
 

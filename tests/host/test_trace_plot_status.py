@@ -12,7 +12,7 @@ import json
 
 import torch
 
-from tests.support import host as H
+from devtools import host as H
 from tests.support.prompts import PRIOR, dng_prompt, guider_prompt
 
 

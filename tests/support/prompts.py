@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.support.host import txt2img_prompt
+from devtools.host import txt2img_prompt
 
 PRIOR = 0.01
 DNG_DEFAULTS = {"lambda0": 5.0, "prior": PRIOR, "temperature": 0.2, "offset": 2e-4, "p_min": 1e-6, "p_max": 0.8,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hosts import REPO_ROOT, pins
+from devtools.hosts import REPO_ROOT, pins
 
 SCRIPT = REPO_ROOT / "scripts" / "fetch_host.sh"
 # git rewrites the upstream URL to a path that does not exist: the clone fails at once, as offline

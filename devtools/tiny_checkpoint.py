@@ -19,9 +19,9 @@ Random weights test plumbing only; they say nothing about image quality or guida
 
 CLI::
 
-    python -m tests.support.tiny_checkpoint OUT.safetensors [--seed N]
-    python -m tests.support.tiny_checkpoint --cached [--seed N]      # print (and build if needed) the cache path
-    python -m tests.support.tiny_checkpoint --sdxl --cached           # the tiny SDXL checkpoint (see below)
+    python -m devtools.tiny_checkpoint OUT.safetensors [--seed N]
+    python -m devtools.tiny_checkpoint --cached [--seed N]      # print (and build if needed) the cache path
+    python -m devtools.tiny_checkpoint --sdxl --cached           # the tiny SDXL checkpoint (see below)
 
 A tiny SDXL-detected checkpoint is built the same way (``get_tiny_sdxl_checkpoint``, for the shipped SDXL
 workflow): ``comfy.supported_models.SDXL`` (its detection requires transformer_depth [0, 0, 2, 2, 10, 10] exactly;
@@ -280,7 +280,7 @@ def _file_lock(lock_path: Path):
 def _cached_build(path: Path, build, cli_flags: list[str], label: str, seed: int, in_process: bool | None,
                   log) -> Path:
     """``path`` if it exists, else build it under a file lock: in this process if the host is already imported
-    (or ``in_process``), otherwise in a subprocess (``python -m tests.support.tiny_checkpoint``)."""
+    (or ``in_process``), otherwise in a subprocess (``python -m devtools.tiny_checkpoint``)."""
     if path.exists():
         return path
     with _file_lock(path.with_suffix(".lock")):
@@ -295,7 +295,7 @@ def _cached_build(path: Path, build, cli_flags: list[str], label: str, seed: int
 
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env.pop("PYTHONPATH", None)
-            cmd = [sys.executable, "-m", "tests.support.tiny_checkpoint", *cli_flags, str(path), "--seed", str(seed)]
+            cmd = [sys.executable, "-m", "devtools.tiny_checkpoint", *cli_flags, str(path), "--seed", str(seed)]
             r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
             if r.returncode != 0 or not path.exists():
                 raise RuntimeError(f"building the {label} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}")

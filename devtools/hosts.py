@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST_ENV = REPO_ROOT / "scripts" / "host.env"
 HOSTS_ROOT = REPO_ROOT / ".host"
 

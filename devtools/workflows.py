@@ -5,10 +5,10 @@ ComfyUI frontend in headless chromium (``app.loadApiJson`` -> layout, notes, gro
 exactly what the frontend's Export writes), with a thumbnail of the loaded graph beside each (``<name>.jpg``,
 what the template browser asks ``/api/workflow_templates/<pack>/<name>.jpg`` for). Regenerate them with::
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows          # rewrites example_workflows/*.json + *.jpg
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --check  # exit 1 if they are out of date
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --docs   # docs/live_curve.png, trace_plot.png
-    OMP_NUM_THREADS=1 .venv/bin/python -m tests.support.workflows --thumbnails-only NAME  # a hand-made workflow
+    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows          # rewrites example_workflows/*.json + *.jpg
+    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --check  # exit 1 if they are out of date
+    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --docs   # docs/live_curve.png, trace_plot.png
+    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --thumbnails-only NAME  # a hand-made workflow
 
 The tests (tests/e2e/test_workflows.py, test_web_ui.py) use the same browser helpers to load the shipped files
 through the template endpoint and convert them back to API format (``app.loadGraphData`` +

@@ -94,3 +94,14 @@ def test_bad_input_over_http_is_rejected_with_the_input_named(comfy_server, serv
         comfy_server.queue(dng_prompt(p_min=0.6, p_max=0.55))
     text = json.dumps(err.value.body)
     assert "p_min" in text and "Traceback" not in text
+
+
+def test_every_node_has_a_help_page(comfy_server, server_pack_nodes):
+    """The node library's help panel reads /extensions/<pack>/docs/<NodeId>.md (web/docs/)."""
+    from devtools.host import PACK_NAME
+
+    for name in server_pack_nodes:
+        status, raw = comfy_server.request("GET", f"/extensions/{PACK_NAME}/docs/{name}.md")
+        assert status == 200, name
+        text = raw.decode()
+        assert text.startswith("# ") and len(text) > 150, name

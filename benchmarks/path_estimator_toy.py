@@ -28,7 +28,6 @@ on the same side of 0.5 as the exact posterior, and mean p against the exact mea
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path

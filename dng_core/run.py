@@ -115,11 +115,21 @@ class RunContinuation:
     def continued_by(self, method: str, params: dict[str, Any], schedule: Sequence[float] | torch.Tensor,
                      batch_size: int, concepts: int, rel_tol: float = 1e-5) -> bool:
         """Whether a pass with these settings, on ``schedule`` and a batch of ``batch_size``, continues this run:
-        same method and settings, same batch, and a schedule that starts where this run's ended (not at 0)."""
+        same method and settings (the estimator may differ: it follows each pass's sampler), same batch, and a
+        schedule that starts where this run's ended (not at 0)."""
         first = float(schedule[0]) if len(schedule) else float("nan")
-        return (method == self.method and params == self.params and batch_size == self.batch_size
-                and concepts == self.concepts and self.last_sigma > 0.0
+        return (method == self.method and _settings(params) == _settings(self.params)
+                and batch_size == self.batch_size and concepts == self.concepts and self.last_sigma > 0.0
                 and math.isclose(first, self.last_sigma, rel_tol=rel_tol, abs_tol=1e-12))
+
+
+# Run parameters that follow from the pass's sampler rather than from the user's setting: a split schedule may
+# change samplers between passes (ancestral, then deterministic) and is still one run.
+_PER_SAMPLER_PARAMS = ("variance", "variance_requested", "stochastic_sampler")
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k not in _PER_SAMPLER_PARAMS}
 
 
 @dataclass

@@ -223,19 +223,6 @@ def test_baseline_patches_record_one_scale_per_step(prompt_runner, pack_nodes, n
         assert torch.all(scale == 0.0)
 
 
-def test_bypassed_patch_warns_without_a_plot(prompt_runner, pack_nodes, recorder):
-    p = guider_prompt(sampler="euler")
-    p["10"] = {"class_type": "PerpNegGuider", "inputs": {"model": ["15", 0], "positive": ["2", 0],
-               "negative": ["3", 0], "empty_conditioning": ["8", 0], "cfg": 5.0, "neg_scale": 1.0}}
-    p["15"] = {"class_type": "DynamicNegativeGuidance", "inputs": {
-        "model": ["1", 0], "empty_conditioning": ["8", 0], "lambda0": 5.0, "prior": PRIOR, "temperature": 0.2,
-        "offset": 2e-4, "p_min": 1e-6, "p_max": 0.8, "posterior_variance": "kernel"}}
-    del p["11"]
-    res = run_ok(prompt_runner, p)
-    warnings = [e.data["message"] for e in res.events_of("dng.warning")]
-    assert warnings and "did not run" in warnings[0]
-
-
 def test_live_step_events_reach_the_client(prompt_runner, pack_nodes):
     res = run_ok(prompt_runner, dng_prompt(sampler="euler_ancestral", seed=111, batch_size=2))
     starts = res.events_of("dng.run_start")

@@ -104,3 +104,14 @@ def test_img2img_on_a_reencoded_image_starts_anew(prompt_runner, pack_nodes):
     second = _trace(prompt_runner, "20")
     assert second.step_indices() == [0, 1, 2]
     torch.testing.assert_close(_p(second)[0], torch.full_like(_p(second)[0], PRIOR), rtol=1e-12, atol=0)
+
+
+def test_a_continuation_may_change_the_sampler(prompt_runner, pack_nodes):
+    """Ancestral for the first pass, deterministic for the rest: still one run (the posterior's estimator follows
+    each pass's sampler, 'auto')."""
+    p = _advanced_pair(seed=75)
+    p["20"]["inputs"]["sampler_name"] = "euler"
+    _ran(prompt_runner, p)
+    first, whole = _trace(prompt_runner, "5"), _trace(prompt_runner, "20")
+    assert whole.step_indices() == list(range(STEPS))
+    torch.testing.assert_close(_p(whole)[:SPLIT], _p(first), rtol=0, atol=0)

@@ -12,7 +12,6 @@ import json
 
 import torch
 
-from devtools import host as H
 from tests.support.prompts import PRIOR, dng_prompt, guider_prompt
 
 

@@ -1,4 +1,5 @@
-"""A real ComfyUI server (the selected host's ``main.py``, see hosts.py) in a subprocess, with the pack installed as a custom node.
+"""A real ComfyUI server (the selected host's ``main.py``, see hosts.py) in a subprocess, with the pack installed as
+a custom node.
 
     with ComfyServer() as srv:                      # pack symlinked as custom_nodes/ComfyUI-DNG
         pid = srv.queue(prompt)                     # POST /prompt (raises PromptRejected on a 400)

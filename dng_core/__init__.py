@@ -25,8 +25,8 @@ from .trace import GuidanceTrace, StepRecord
 
 __all__ = [
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
-    "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel", "RunContinuation", "SLDConfig", "SLDRun",
-    "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory", "TraceLookup", "combine_guidance",
-    "guidance_scale", "negative_prompting", "plot_message", "plot_trace", "posterior_increment", "reverse_kernel", "sld_denoised",
-    "sld_step", "tensor_fingerprint",
+    "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
+    "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",
+    "TraceLookup", "combine_guidance", "guidance_scale", "negative_prompting", "plot_message", "plot_trace",
+    "posterior_increment", "reverse_kernel", "sld_denoised", "sld_step", "tensor_fingerprint",
 ]

@@ -225,6 +225,13 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
                        "state never advanced (scale stayed at its initial value).")
             run.note(message, int(noise.shape[0]))
             send_warning(message, events.node_id)
+        if sampling_pass is None or sampling_pass.history is not history:
+            # sampled without the host's outer sampling step (a guider that bypasses it): record the run here, by
+            # the LATENT the sampler returns (process_latent_out of these samples)
+            if run.trace is not None and not getattr(samples, "is_nested", False):
+                run.trace.output_fingerprint = tensor_fingerprint(
+                    guider.inner_model.process_latent_out(samples.to(torch.float32)))
+                history.add(run.trace, run.continuation())
         return samples
 
     wrappers = comfy.patcher_extension.WrappersMP
@@ -233,12 +240,12 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
 
 
 def install_cfg_hooks(model: Any, label: str) -> None:
-    """Makes the ordinary KSampler path feed the run: [pos, neg, empty] in one pass, the run's rule as CFG."""
+    """Makes the ordinary KSampler path feed the run: [pos, empty, neg] in one pass, the run's rule as CFG."""
     options = model.model_options
     previous_cfg = options.get("sampler_cfg_function")
     if previous_cfg is not None:
-        send_warning(f"{label} replaces a CFG function set by an earlier node on this model (only one can be active); "
-              "post-CFG functions keep running.")
+        send_warning(f"{label} replaces a CFG function set by an earlier node on this model (only one can be "
+                     "active); post-CFG functions keep running.")
     previous_batch = options.get("sampler_calc_cond_batch_function")
 
     def calc_cond_batch(args: dict) -> list[torch.Tensor]:

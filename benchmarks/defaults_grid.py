@@ -55,6 +55,7 @@ LAMBDA0S = [1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0]
 NP_SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.75]
 SLD_SCALES = [0.2, 0.35, 0.5, 0.75, 1.0, 1.5]
 UNRELATED = {"positive": "7", "negative": "0", "cfg": 2.5}
+METHODS = ("plain", "dng", "np", "sld")
 MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
 MAX_QUALITY_RATIO, MAX_CHANGE_RATIO = 0.5, 0.10
 
@@ -74,18 +75,21 @@ class Point:
         return f"{self.model}/{self.sampler}/{self.steps}/seed{self.seed}/{self.case}/{self.method}/{self.strength:g}"
 
 
-def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS) -> list[Point]:
+def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
+           methods: Sequence[str] = METHODS, lambda0s: Sequence[float] = LAMBDA0S) -> list[Point]:
+    """Every point of the grid, or only those of ``methods`` (the baselines do not depend on DNG's setting, so
+    they may run before it is chosen)."""
     out = []
     for model, sampler, steps in cells:
         for seed in seeds:
             out.append(Point(model, sampler, steps, seed, "removal", "plain", 0.0))
-            out += [Point(model, sampler, steps, seed, "removal", "dng", s) for s in LAMBDA0S]
+            out += [Point(model, sampler, steps, seed, "removal", "dng", s) for s in lambda0s]
             out += [Point(model, sampler, steps, seed, "removal", "np", s) for s in NP_SCALES]
             out += [Point(model, sampler, steps, seed, "removal", "sld", s) for s in SLD_SCALES]
             out.append(Point(model, sampler, steps, seed, "unrelated", "plain", 0.0))
-            out += [Point(model, sampler, steps, seed, "unrelated", "dng", s) for s in LAMBDA0S]
+            out += [Point(model, sampler, steps, seed, "unrelated", "dng", s) for s in lambda0s]
             out += [Point(model, sampler, steps, seed, "unrelated", "np", s) for s in NP_SCALES]
-    return out
+    return [p for p in out if p.method in methods]
 
 
 def shard(items: Sequence[Point], spec: str) -> list[Point]:
@@ -207,10 +211,11 @@ def done_keys(out: Path) -> set[str]:
 
 def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[str, Any],
               cells: Sequence[tuple[str, str, int]] = CELLS, n_removal: int = N_REMOVAL,
-              n_unrelated: int = N_UNRELATED) -> int:
+              n_unrelated: int = N_UNRELATED, methods: Sequence[str] = METHODS,
+              lambda0s: Sequence[float] = LAMBDA0S) -> int:
     from benchmarks.common import log
 
-    todo = [p for p in shard(points(seeds, cells), spec) if p.key not in done_keys(out)]
+    todo = [p for p in shard(points(seeds, cells, methods, lambda0s), spec) if p.key not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
         return 0
@@ -342,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="collect the parts into defaults_grid.json/.md")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--cells", nargs="+", metavar="MODEL/SAMPLER/STEPS", help="only these cells")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                    help="only these methods' points (baselines can run before DNG's setting is chosen)")
+    ap.add_argument("--lambda0s", type=float, nargs="+", default=LAMBDA0S, help="DNG's lambda0 sweep")
     ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
                     help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"parts and cache folder (default {OUT})")
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         overrides[k] = v if k == "posterior_variance" else float(v)
     if args.list:
-        for p in points(args.seeds, cells):
+        for p in points(args.seeds, cells, args.methods, args.lambda0s):
             print(p.key)
         return 0
     if args.merge:
@@ -365,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.shard:
         ap.error("give --list, --shard I/N or --merge")
-    return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated)
+    return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated,
+                     args.methods, args.lambda0s)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # the benchmark script imports this file directly
     sys.path.insert(0, str(_ROOT))
 
+from dng_core import PAPER_MODE as PAPER  # noqa: E402
 from dng_core import (DNGConfig, DNGRun, PosteriorConfig, PosteriorTracker, combine_guidance,  # noqa: E402
                       negative_prompting)
 
@@ -280,7 +281,8 @@ TRACKED_P_MIN = 1e-12
 def dng_tracked_config(prior: float = TRACKED_PRIOR, lambda0: float = 1.0, temperature: float = 1.0,
                        offset: float = 0.0, p_min: float = TRACKED_P_MIN, p_max: float = TRACKED_P_MAX) -> DNGConfig:
     return DNGConfig(lambda0=lambda0, posterior=PosteriorConfig(prior=prior, temperature=temperature,
-                                                                offset=offset, p_min=p_min, p_max=p_max))
+                                                                offset=offset, p_min=p_min, p_max=p_max,
+                                                                **PAPER))
 
 
 def run_dng_tracked(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator,
@@ -357,7 +359,7 @@ def tracked_posterior_error(toy: Toy, n: int, sigmas: torch.Tensor, generator: t
     dng_core.PosteriorTracker (tau 1, delta 0, prior pi_removed, no effective clamp) against the exact posterior
     w_removed(x, sigma): the discretisation error of the tracked posterior alone, without guidance feedback.
     """
-    config = PosteriorConfig(prior=toy.prior, temperature=1.0, offset=0.0, p_min=1e-300, p_max=1 - 1e-15)
+    config = PosteriorConfig(prior=toy.prior, temperature=1.0, offset=0.0, p_min=1e-300, p_max=1 - 1e-15, **PAPER)
     tracker = PosteriorTracker(config, n)
     sig = [float(s) for s in sigmas]
     x = sig[0] * torch.randn(n, toy.mixture.dim, generator=generator, dtype=DTYPE)

@@ -1,16 +1,50 @@
 """Tracking p_t(c- | x_t) across a sampler's steps (paper Appendix B, eq. 8-10 and Algorithm 2).
 
-The posterior of the negative concept is a running sum of log-likelihood ratios of the sampler's transitions
-under the concept-conditioned and the unconditional model:
+The posterior of the negative concept is a running sum of per-step evidence, kept in log space and clamped to
+[log p_min, log p_max]. The guidance scale is lambda = lambda0 * p / (1 - p) (eq. 7), bounded through p_max.
 
-    log p_{t-1} = log p_t + ( -tau * diff + delta' ) / (2 variance)                       (Algorithm 2)
-    diff        = ||x' - mu_neg||^2 - ||x' - mu_uncond||^2   summed over all dimensions, not normalised
-    mu_k        = coef_x x + coef_d D_k                        the reverse kernel (see parametrisation.py)
-    delta'      = delta / native_scale'^2                     so delta means what it means in the paper
+**Evidence of one step** (``PosteriorVariance``, the estimator):
 
-kept in log space and clamped to [log p_min, log p_max]. ``variance`` is the kernel variance; where it is 0
-(the last step, sigma' = 0) there is no new evidence and the posterior stays. The guidance scale is
-lambda = lambda0 * p / (1 - p) (eq. 7), bounded through p_max.
+* ``kernel`` (the paper): the log-likelihood ratio of the step under the concept's and the unconditional
+  Gaussian reverse kernels, ``-diff / (2 variance)`` with ``diff = ||x' - mu_neg||^2 - ||x' - mu_uncond||^2``
+  (summed over all dimensions), ``mu_k = coef_x x + coef_d D_k`` (parametrisation.py). Exact when x' is a draw
+  from that kernel (ancestral steps); as the steps shrink its sum tends to a step-count-free limit.
+* ``step``: the same with the variance (sigma - sigma')^2, a surrogate some SD scripts use for deterministic
+  samplers (kept for comparison; it is neither exact nor step-count free).
+* ``path``: the total derivative of log p along the path the sampler actually took (path.py), exact on any
+  path, deterministic or stochastic, up to the trapezoid rule and a one-probe divergence estimate; two extra
+  predictions per step.
+
+**How the evidence becomes an update** (``PosteriorForm``):
+
+* ``paper``: Algorithm 2 verbatim, ``log p += (-tau diff + delta') / (2 variance)`` with the offset delta per
+  step (``delta' = delta / native_scale'^2``). Its offset means something else at every step count: its total
+  ``sum_i delta' / (2 v_i)`` grows faster than the number of steps (2e-4 adds ~29 nats over 1000 DDPM steps,
+  ~1 nat over 20 Karras steps, almost all of it on the second-to-last step).
+* ``rate`` (default): ``log p += min(tau * evidence + rho * L, R * min(L, 1))`` with
+  ``L = ln(sigma / sigma')``, the e-folds of noise the step removes. The offset ``rho`` is a rate per e-fold: a
+  schedule from sigma_max to sigma_min collects ``rho * ln(sigma_max / sigma_min)`` of it at *any* step count.
+  The evidence sums above converge as the steps shrink, so offset and evidence together have a step-count-free
+  limit. The bound ``R`` (``max_rate``) caps how fast p may *rise*: at most R nats of log p per e-fold of noise,
+  and a step that spans more than one e-fold (the last step of the ``normal`` / ``simple`` schedules, which
+  ends at sigma_min, spans 2-3) counts as one. Why these three choices:
+
+  - a rate, because a rise allowed per step would grow with the step count, and a rate is the only bound whose
+    total over a schedule does not depend on how finely it is cut;
+  - upward only, because what the bound guards against is a false alarm: a late step whose kernel variance is
+    tiny (sigma'^2) turns the models' *errors* into a large likelihood ratio, throws p to p_max and makes the
+    last steps apply lambda0 p_max / (1 - p_max) to a sample that never showed the concept (on digits8 with
+    euler_ancestral, unrelated negative: one sample in 32 ended at p_max, from p < 1e-5, on the last step). A
+    fall of p only switches guidance off, which later evidence can undo at the bounded rate;
+  - at most one e-fold per step, because a step that removes several e-folds of noise at once is not a small
+    step: its likelihood ratio is dominated by its end point, where the models' error dominates.
+
+  So no single step raises log p by more than R: with R = 4 below logit(p_max) - logit(p_min) (15.2 at the
+  defaults) no step throws p from the floor to p_max, whatever the schedule. R = 4 is measured
+  (digits8, N = 500, unrelated change at equal safety; R = 2 / 4 / 8 / unbounded: 0.0138 / 0.0116 / 0.0196 /
+  0.0195 on euler_ancestral, 20 steps; see ``MAX_RATE``).
+
+The staggering of Appendix B: the scale used at step i comes from the posterior after step i-1.
 """
 
 from __future__ import annotations
@@ -22,32 +56,58 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from .parametrisation import Parametrisation, reverse_kernel
+from .path import PathPoint, path_log_odds_change
 
-__all__ = ["PosteriorConfig", "PosteriorVariance", "PosteriorTracker", "posterior_increment", "guidance_scale"]
+__all__ = ["PosteriorConfig", "PosteriorForm", "PosteriorVariance", "PosteriorTracker", "posterior_increment",
+           "compose_increment", "PAPER_MODE",
+           "guidance_scale", "MAX_RATE"]
+
+#: Default bound R on the rise of log p per e-fold of sigma in the ``rate`` form (see the module docstring).
+MAX_RATE = 4.0
 
 
 class PosteriorVariance(str, enum.Enum):
-    """Which variance normalises the evidence of one step.
+    """The estimator of one step's evidence (named after the node input ``posterior_variance``).
 
-    ``KERNEL``: the Gaussian reverse-kernel variance, as in the paper. Exact for ancestral (eta = 1) steps.
-    ``STEP``: the surrogate (sigma_ve - sigma_ve')^2 (in the native space), used by third-party SD scripts for
-    deterministic samplers, where x' is not a draw from the kernel and the kernel variance over-weights the
-    (small) drift evidence of late steps.
-    ``AUTO``: ``KERNEL`` for stochastic samplers, ``STEP`` for deterministic ones (see ``resolve``).
+    ``KERNEL``: the Gaussian reverse kernel's likelihood ratio, as in the paper. Exact for ancestral steps.
+    ``STEP``: the kernel ratio with the surrogate variance (sigma_ve - sigma_ve')^2 (kept for comparison).
+    ``PATH``: the total derivative of log p along the sampler's path (path.py); exact on deterministic and
+    stochastic paths alike; needs a divergence probe (two more predictions) per step.
+    ``AUTO``: ``PATH`` for deterministic samplers, ``KERNEL`` for stochastic ones (see ``resolve``).
     """
 
     KERNEL = "kernel"
     STEP = "step"
-    #: ``KERNEL`` for samplers whose steps inject fresh noise, ``STEP`` for deterministic ones; chosen on the
-    #: reference-model benchmark (docs/posterior_estimator.md). Resolved per run (``resolve``); where the
-    #: sampler is unknown it acts as ``KERNEL``, the paper's estimator.
+    PATH = "path"
+    #: Resolved per run (``resolve``): the kernel is exact, and cheapest, where the sampler draws its steps
+    #: from it; the path estimator where it does not (deterministic samplers, on which the kernel's p over the
+    #: samples that become the concept is 5-10x smaller: docs/step_invariance.md). Where the sampler is unknown
+    #: it acts as ``KERNEL``, the paper's estimator.
     AUTO = "auto"
 
     def resolve(self, stochastic: bool | None) -> "PosteriorVariance":
         """The concrete estimator for a sampler that injects noise (True), does not (False) or is unknown."""
         if self is not PosteriorVariance.AUTO:
             return self
-        return PosteriorVariance.STEP if stochastic is False else PosteriorVariance.KERNEL
+        return PosteriorVariance.PATH if stochastic is False else PosteriorVariance.KERNEL
+
+    @property
+    def needs_probe(self) -> bool:
+        """Whether the estimator needs the divergence probe (predictions at x + h eps) at every step."""
+        return self is PosteriorVariance.PATH
+
+
+class PosteriorForm(str, enum.Enum):
+    """How evidence becomes an update (module docstring): ``PAPER`` is Algorithm 2 with a per-step offset and no
+    bound (the exact mode); ``RATE`` has the offset and a bound as rates per e-fold of sigma."""
+
+    PAPER = "paper"
+    RATE = "rate"
+
+
+#: The settings that make a PosteriorConfig the paper's Algorithm 2 exactly (the exact mode): the kernel
+#: likelihood ratio, the per-step offset, no bound. ``PosteriorConfig(prior=..., **PAPER_MODE)``.
+PAPER_MODE: dict[str, str] = {"form": PosteriorForm.PAPER.value, "variance": PosteriorVariance.KERNEL.value}
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -57,21 +117,28 @@ def _check_probability(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class PosteriorConfig:
-    """Hyperparameters of the posterior (paper Appendix C.1). Defaults: the authors' CIFAR-10 setting.
+    """Hyperparameters of the posterior (paper Appendix C.1, and the module docstring).
 
     prior:       p0, the posterior before any evidence; lambda starts at lambda0 * p0 / (1 - p0).
-    temperature: tau > 0, scales the evidence of each step; lower = smoother, slower to react.
-    offset:      delta, a per-step bias towards the concept ("a time-dependent prior"); 0 to disable.
+    temperature: tau > 0, scales the evidence of each step; lower = smoother, slower to react; 1 = the
+                 estimator's own posterior.
+    offset:      a bias towards the concept ("a time-dependent prior"): nats per e-fold of sigma in the ``rate``
+                 form, the paper's delta per step in the ``paper`` form; 0 to disable.
     p_min/p_max: clamp of the posterior, 0 < p_min < p_max < 1; p_max bounds lambda.
-    variance:    which variance normalises the evidence (see PosteriorVariance).
+    variance:    the estimator of a step's evidence (see PosteriorVariance).
+    form:        ``rate`` (default) or ``paper`` (Algorithm 2, the exact mode).
+    max_rate:    R, the bound on the rise of log p per e-fold of sigma (one step: at most one e-fold's worth) in
+                 the ``rate`` form; 0 = unbounded.
     """
 
     prior: float = 0.01
-    temperature: float = 0.2
-    offset: float = 2e-4
+    temperature: float = 0.9
+    offset: float = 0.0
     p_min: float = 1e-6
     p_max: float = 0.8
-    variance: PosteriorVariance = PosteriorVariance.KERNEL
+    variance: PosteriorVariance = PosteriorVariance.AUTO
+    form: PosteriorForm = PosteriorForm.RATE
+    max_rate: float = MAX_RATE
 
     def __post_init__(self) -> None:
         _check_probability("prior", self.prior)
@@ -87,7 +154,10 @@ class PosteriorConfig:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if not (isinstance(self.offset, (int, float)) and math.isfinite(self.offset)):
             raise ValueError(f"offset must be a finite number, got {self.offset!r}")
+        if not (isinstance(self.max_rate, (int, float)) and math.isfinite(self.max_rate) and self.max_rate >= 0):
+            raise ValueError(f"max_rate must be a finite number >= 0 (0: unbounded), got {self.max_rate!r}")
         object.__setattr__(self, "variance", PosteriorVariance(self.variance))
+        object.__setattr__(self, "form", PosteriorForm(self.form))
 
     def resolved(self, stochastic: bool | None) -> "PosteriorConfig":
         """This config with ``variance`` AUTO replaced by the estimator for the run's sampler."""
@@ -97,6 +167,7 @@ class PosteriorConfig:
     def as_dict(self) -> dict[str, float | str]:
         out = asdict(self)
         out["variance"] = self.variance.value
+        out["form"] = self.form.value
         return out
 
 
@@ -115,6 +186,47 @@ def _as_batch(value: torch.Tensor | float, batch: int, device: torch.device, dty
     return t
 
 
+def _log_sigma_drop(sigma: torch.Tensor, sigma_next: torch.Tensor, parametrisation: Parametrisation) -> torch.Tensor:
+    """ln(sigma_ve / sigma_ve') of each step (e-folds of noise it removes); 0 where it is not a finite drop."""
+    alpha, s_, _ = parametrisation.coefficients(sigma)
+    alpha_n, s_n, _ = parametrisation.coefficients(sigma_next)
+    ve, ve_n = s_ / alpha, s_n / alpha_n
+    drop = torch.log(ve) - torch.log(ve_n)
+    ok = (ve > 0) & (ve_n > 0) & (ve_n < ve) & torch.isfinite(drop)
+    return torch.where(ok, drop, torch.zeros_like(drop))
+
+
+def compose_increment(evidence: torch.Tensor, sigma: torch.Tensor | float, sigma_next: torch.Tensor | float,
+                      config: PosteriorConfig, parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
+                      paper_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """The update of log p for one step from its evidence (a log-likelihood ratio, [B]); see the module docstring.
+
+    ``rate``: min(tau * evidence + offset * L, R min(L, 1)) with L = ln(sigma_ve / sigma_ve'), 0 where L is 0
+    (a step to sigma = 0 or a step that does not lower the noise). ``paper``: tau * evidence + offset / (2 v)
+    with v ``paper_variance`` (the estimator's variance, in the state; the offset is mapped to the native
+    space as in Algorithm 2), 0 where v is 0."""
+    batch = evidence.shape[0]
+    dtype, device = evidence.dtype, evidence.device
+    s = _as_batch(sigma, batch, device, dtype)
+    s_next = _as_batch(sigma_next, batch, device, dtype)
+    if config.form is PosteriorForm.PAPER:
+        if paper_variance is None:
+            paper_variance = reverse_kernel(s, s_next, parametrisation).variance
+        native = reverse_kernel(s, s_next, parametrisation).native_variance_factor
+        has = paper_variance > 0
+        safe = torch.where(has, paper_variance, torch.ones_like(paper_variance))
+        inc = config.temperature * evidence + config.offset / (native * 2.0 * safe)
+        inc = torch.where(has, inc, torch.zeros_like(inc))
+        return torch.nan_to_num(inc, nan=0.0)
+    drop = _log_sigma_drop(s, s_next, parametrisation)
+    inc = config.temperature * evidence + config.offset * drop
+    if config.max_rate > 0:
+        # upward only, and a step spanning more than one e-fold counts as one (module docstring)
+        inc = torch.minimum(inc, config.max_rate * drop.clamp(max=1.0))
+    inc = torch.where(drop > 0, inc, torch.zeros_like(inc))
+    return torch.nan_to_num(inc, nan=0.0)
+
+
 def posterior_increment(
     x: torch.Tensor,
     x_next: torch.Tensor,
@@ -125,12 +237,16 @@ def posterior_increment(
     config: PosteriorConfig,
     parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
 ) -> torch.Tensor:
-    """The change of log p(c- | x) over one step ``x -> x_next``; shape [B], float64 (float32 on MPS).
+    """The change of log p(c- | x) over one step ``x -> x_next`` from the kernel (or step) likelihood ratio;
+    shape [B], float64 (float32 on MPS).
 
     x, x_next, denoised_neg, denoised_uncond: [B, ...] (the *unguided* predictions at x).
     Returns 0 where the step carries no evidence (kernel variance 0: sigma' = 0 or sigma' = sigma).
+    The ``path`` estimator needs predictions at both ends of the step: see ``PosteriorTracker.propose_path``.
     """
     _check_same_shape(x=x, x_next=x_next, denoised_neg=denoised_neg, denoised_uncond=denoised_uncond)
+    if config.variance is PosteriorVariance.PATH:
+        raise ValueError("the path estimator needs predictions at both ends of the step: use propose_path")
     batch = x.shape[0]
     dtype = _work_dtype(x.device)
     s = _as_batch(sigma, batch, x.device, dtype)
@@ -155,13 +271,12 @@ def posterior_increment(
         ve = s_ / alpha.clamp_min(torch.finfo(dtype).tiny)
         ve_n = s_n / alpha_n
         variance = torch.where(kernel.variance > 0, (alpha_n * (ve - ve_n)) ** 2, torch.zeros_like(ve))
-    offset = config.offset / kernel.native_variance_factor
     has_evidence = variance > 0
     safe_variance = torch.where(has_evidence, variance, torch.ones_like(variance))
-    increment = (-config.temperature * diff + offset) / (2.0 * safe_variance)
-    increment = torch.where(has_evidence, increment, torch.zeros_like(increment))
-    # A tiny variance can make the increment +-inf; the clamp of log p absorbs that, NaN it could not.
-    return torch.nan_to_num(increment, nan=0.0)
+    # A tiny variance can make the ratio +-inf; the clamps absorb that, NaN they could not.
+    evidence = torch.nan_to_num(-diff / (2.0 * safe_variance), nan=0.0)
+    evidence = torch.where(has_evidence, evidence, torch.zeros_like(evidence))
+    return compose_increment(evidence, s, s_next, config, parametrisation, paper_variance=variance)
 
 
 def guidance_scale(log_p: torch.Tensor, lambda0: float) -> torch.Tensor:
@@ -213,6 +328,15 @@ class PosteriorTracker:
         if inc.shape[0] != self.batch_size:
             raise ValueError(f"predictions have batch size {inc.shape[0]}, the tracker {self.batch_size}")
         return (self.log_p + inc.to(self.log_p)).clamp(*self._log_bounds)
+
+    def propose_path(self, start: PathPoint, end: PathPoint) -> torch.Tensor:
+        """The log posterior after the step from ``start`` to ``end`` by the path estimator (path.py), without
+        committing it. Shape [B]."""
+        evidence = path_log_odds_change(start, end, self.parametrisation).to(self.log_p)
+        if evidence.shape[0] != self.batch_size:
+            raise ValueError(f"predictions have batch size {evidence.shape[0]}, the tracker {self.batch_size}")
+        inc = compose_increment(evidence, start.sigma, end.sigma, self.config, self.parametrisation)
+        return (self.log_p + inc).clamp(*self._log_bounds)
 
     def commit(self, log_p: torch.Tensor) -> None:
         """Accept a log posterior returned by ``propose`` as this step's update."""

@@ -33,6 +33,7 @@ import torch
 from .baselines import SLDConfig, SLDState, sld_denoised
 from .guidance import check_scale_args, combine_guidance
 from .parametrisation import Parametrisation
+from .path import PathPoint, divergence_difference, probe_direction, probe_offset
 from .posterior import PosteriorConfig, PosteriorTracker, guidance_scale
 from .trace import GuidanceTrace, StepRecord
 
@@ -42,6 +43,11 @@ __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun
 LAMBDA0_MAX = 1000.0
 
 StepListener = Callable[["GuidedRun", StepRecord], None]
+#: probe(x_probe) -> (D_u(x_probe), [D_neg_k(x_probe)]): the unguided predictions at another state, same sigma
+Probe = Callable[[torch.Tensor], "tuple[torch.Tensor, Sequence[torch.Tensor]]"]
+# The divergence probe's directions come from their own generator, so a run is reproducible and leaves the
+# sampler's noise alone.
+PROBE_SEED = 0x444E47
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,7 @@ class GuidedRun(abc.ABC):
         self.steps_confirmed = 0
         self._pending: _Candidate | None = None
         self._next_step = 0  # the earliest step a new candidate may claim
+        self._probe: Probe | None = None  # set for the duration of a first call
         self.finished = False
 
     # ---- host-facing -------------------------------------------------------------------------------
@@ -192,10 +199,18 @@ class GuidedRun(abc.ABC):
         return RunContinuation(self.method, dict(self.params), self.trace.batch_size, self.concepts,
                                self.aligner.sigmas[-1], self.trace, self._final_state())
 
+    @property
+    def needs_probe(self) -> bool:
+        """Whether ``guide`` needs a ``probe`` (the path estimator's divergence probe) at a step's first call."""
+        return False
+
     def guide(self, x: torch.Tensor, sigma: torch.Tensor | float, denoised_uncond: torch.Tensor,
               denoised_pos: torch.Tensor | None, denoised_negs: Sequence[torch.Tensor],
-              cfg_scale: float) -> torch.Tensor:
-        """The guided prediction for one model call. x and all predictions: [B, ...]; sigma: scalar or [B]."""
+              cfg_scale: float, probe: Probe | None = None) -> torch.Tensor:
+        """The guided prediction for one model call. x and all predictions: [B, ...]; sigma: scalar or [B].
+
+        ``probe``: where ``needs_probe``, a function giving the unguided predictions at another state of the
+        same sigma; called at most once per call, only at the first call of a step."""
         if len(denoised_negs) != self.concepts:
             raise ValueError(f"expected {self.concepts} negative predictions, got {len(denoised_negs)}")
         # A Python float stays a Python float: torch.as_tensor would round it to float32.
@@ -210,7 +225,11 @@ class GuidedRun(abc.ABC):
             return self._inner_call(x, sig, denoised_uncond, denoised_pos, denoised_negs, cfg_scale)
         if self._pending is not None and step > self._pending.step:
             self._confirm()
-        out, cand = self._first_call(step, x, sig, denoised_uncond, denoised_pos, denoised_negs, cfg_scale)
+        self._probe = probe
+        try:
+            out, cand = self._first_call(step, x, sig, denoised_uncond, denoised_pos, denoised_negs, cfg_scale)
+        finally:
+            self._probe = None
         self._pending = cand
         return out
 
@@ -296,6 +315,12 @@ class _StepInputs:
     sigma: float
     d_u: torch.Tensor
     d_negs: list[torch.Tensor]
+    div_diffs: list[torch.Tensor] | None = None  # the path estimator's, per concept
+
+    def path_point(self, k: int) -> PathPoint | None:
+        if self.div_diffs is None:
+            return None
+        return PathPoint(self.x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
 
 
 class DNGRun(GuidedRun):
@@ -317,6 +342,11 @@ class DNGRun(GuidedRun):
         self.config = config
         self.trackers: list[PosteriorTracker] = []
         self._confirmed_inputs: _StepInputs | None = None
+        self._probe_generator = torch.Generator().manual_seed(PROBE_SEED)
+
+    @property
+    def needs_probe(self) -> bool:
+        return self.config.posterior.variance.needs_probe
 
     @property
     def posterior_updates(self) -> int:
@@ -337,19 +367,44 @@ class DNGRun(GuidedRun):
     def _final_state(self) -> torch.Tensor | None:
         return torch.stack([t.log_p.clone() for t in self.trackers]) if self.trackers else None
 
-    def _log_p_at(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """[K, B]: the posterior after the transition from the last confirmed step's inputs to x."""
+    def _log_p_at(self, x: torch.Tensor, sigma: float, here: _StepInputs | None = None) -> torch.Tensor:
+        """[K, B]: the posterior after the transition from the last confirmed step's inputs to x (``here``: the
+        path estimator's point at x; without it that estimator has no evidence for the transition)."""
         prev = self._confirmed_inputs
+        current = torch.stack([t.log_p for t in self.trackers])
         if prev is None:
-            return torch.stack([t.log_p for t in self.trackers])
+            return current
+        if self.needs_probe:
+            if here is None or prev.div_diffs is None or here.div_diffs is None:
+                return current
+            return torch.stack([t.propose_path(prev.path_point(k), here.path_point(k))
+                                for k, t in enumerate(self.trackers)])
         return torch.stack([t.propose(prev.x, x, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
                             for k, t in enumerate(self.trackers)])
 
+    def _divergences(self, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
+                     d_negs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+        """div D_neg_k - div D_u at x per concept (one Hutchinson probe), or None where sigma carries none."""
+        h = probe_offset(sigma, self.parametrisation)
+        if not (h > 0 and math.isfinite(h)):
+            return None
+        if self._probe is None:
+            raise ValueError("the path posterior estimator needs the host to pass a probe to guide(); this host "
+                             "did not (use posterior_variance 'kernel')")
+        eps = probe_direction(x.shape, self._probe_generator).to(device=x.device, dtype=x.dtype)
+        d_u_probe, d_negs_probe = self._probe(x + h * eps)
+        if len(d_negs_probe) != len(d_negs):
+            raise ValueError(f"the probe returned {len(d_negs_probe)} concept predictions, expected {len(d_negs)}")
+        return [divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma,
+                                      self.parametrisation) for k in range(len(d_negs))]
+
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
-        log_p = self._log_p_at(x, sigma)
+        divs = self._divergences(x, sigma, d_u, d_negs) if self.needs_probe else None
+        inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(), [d.detach().clone() for d in d_negs],
+                             divs)
+        log_p = self._log_p_at(x, sigma, inputs)
         scale = guidance_scale(log_p, self.config.lambda0)
         out = combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale)
-        inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(), [d.detach().clone() for d in d_negs])
         return out, _Candidate(step, sigma, (log_p, inputs), scale, log_p.exp())
 
     def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
@@ -365,7 +420,8 @@ class DNGRun(GuidedRun):
         self._confirmed_inputs = inputs
 
     def _end(self, x_final: torch.Tensor, sigma_final: float) -> None:
-        # The last step's transition: no evidence when it ends at sigma = 0, but it is still a step passed.
+        # The last step's transition: no evidence when it ends at sigma = 0, but it is still a step passed. (The
+        # path estimator has no predictions at x_final, so a pass ending above 0 gets none from it either.)
         if self._confirmed_inputs is not None and x_final.shape == self._confirmed_inputs.x.shape:
             log_p = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
             for k, tracker in enumerate(self.trackers):

@@ -166,7 +166,13 @@ class Guider_DNG(comfy.samplers.CFGGuider):
             out = fn({"conds": conds, "conds_out": out, "cond_scale": self.cfg, "timestep": timestep, "input": x,
                       "sigma": timestep, "model": self.inner_model, "model_options": model_options})
         d_pos, d_empty = out
-        result = slot.run.guide(x, timestep, d_empty, d_pos, [d_neg], self.cfg)
+
+        def probe(x_probe: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            # the path posterior estimator's divergence probe: unguided [empty, neg] at x_probe, same sigma
+            p_empty, p_neg = comfy.samplers.calc_cond_batch(self.inner_model, [empty, negative], x_probe, timestep,
+                                                            model_options)
+            return p_empty, [p_neg]
+        result = slot.run.guide(x, timestep, d_empty, d_pos, [d_neg], self.cfg, probe)
         for fn in model_options.get("sampler_post_cfg_function", []):
             result = fn({"denoised": result, "cond": positive, "uncond": empty, "cond_scale": self.cfg,
                          "model": self.inner_model, "uncond_denoised": d_empty, "cond_denoised": d_pos,

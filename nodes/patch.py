@@ -11,7 +11,9 @@ Data path of one sampling run:
                              [D_pos, D_empty] back, so its "unconditional" is the empty prompt's prediction
                              everywhere (CFG++ samplers re-noise from it, post-CFG hooks read it); D_neg travels
                              beside it in the run's slot
-  sampler_cfg_function    -> run.guide(x, sigma, D_empty, D_pos, [D_neg], cfg): the guided prediction
+  sampler_cfg_function    -> run.guide(x, sigma, D_empty, D_pos, [D_neg], cfg, probe): the guided prediction;
+                             the path posterior estimator calls probe(x + h eps) once per step: a second
+                             batched pass over [empty, neg] at the probe state (its divergence estimate)
   (guider)                -> DNGGuider.predict_noise calls run.guide directly, with the same conventions
   run.finish              -> the trace and the state a continuation needs, into the node's TraceHistory
 
@@ -96,6 +98,7 @@ class RunSlot:
     empty_cond: list[dict] | None
     empty_encoded: list[dict] | None = None
     last_concepts: tuple[int, list[torch.Tensor]] | None = None  # (id of x, [D_neg]) from this call's pass
+    probe: Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]] | None = None  # for this call
 
     def encoded_empty(self, model: Any, x: torch.Tensor) -> list[dict]:
         # Encoded once per run, the way PerpNeg does it (prompt_type "negative": an unconditional prompt).
@@ -254,8 +257,15 @@ def install_cfg_hooks(model: Any, label: str) -> None:
         if slot is None or slot.empty_cond is None or len(conds) < 2 or conds[1] is None:
             return _batch(previous_batch, args, conds)
         # [pos, neg, ...] -> one pass over [pos, empty, neg, ...]; the host gets [D_pos, D_empty, ...]
-        out = _batch(previous_batch, args, [conds[0], slot.encoded_empty(base, x), *conds[1:]])
+        empty = slot.encoded_empty(base, x)
+        out = _batch(previous_batch, args, [conds[0], empty, *conds[1:]])
         slot.last_concepts = (id(x), [out[2]])
+
+        def probe(x_probe: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            # the unguided [empty, neg] predictions at another state of the same sigma (path estimator)
+            d_empty, d_neg = _batch(previous_batch, {**args, "input": x_probe}, [empty, conds[1]])[:2]
+            return d_empty, [d_neg]
+        slot.probe = probe
         return [out[0], out[1], *out[3:]]
 
     def cfg_function(args: dict) -> torch.Tensor:
@@ -267,10 +277,10 @@ def install_cfg_hooks(model: Any, label: str) -> None:
         if slot.last_concepts is None or slot.last_concepts[0] != id(x):
             raise RuntimeError(f"{label}: the negative concept's prediction is missing for this step; another "
                                "node replaced the batched model call. Remove that node or use the DNG guider.")
-        concepts = slot.last_concepts[1]
-        slot.last_concepts = None
+        concepts, probe = slot.last_concepts[1], slot.probe
+        slot.last_concepts, slot.probe = None, None
         # uncond is the empty prompt's prediction here: calc_cond_batch above put it in the host's uncond slot
-        return x - slot.run.guide(x, args["sigma"], uncond, cond, concepts, float(args["cond_scale"]))
+        return x - slot.run.guide(x, args["sigma"], uncond, cond, concepts, float(args["cond_scale"]), probe)
 
     model.set_model_sampler_calc_cond_batch_function(calc_cond_batch)
     # disable_cfg1_optimization: at cfg 1.0 the host would otherwise skip the negative prediction.

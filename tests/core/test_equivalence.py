@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from dng_core import PAPER_MODE as PAPER
 from dng_core import DNGConfig, DNGRun, Parametrisation, PosteriorConfig, PosteriorTracker
 
 T = 1000
@@ -154,7 +155,7 @@ def test_posterior_matches_paper_algorithm(case: str, record_property) -> None:
     ref = torch.stack([s.log_p for s in steps[:-1]])
     assert (ref.max(0).values - ref.min(0).values).min() > 1.0
 
-    config = PosteriorConfig(prior=prior, temperature=tau, offset=delta, p_min=P_MIN, p_max=P_MAX)
+    config = PosteriorConfig(prior=prior, temperature=tau, offset=delta, p_min=P_MIN, p_max=P_MAX, **PAPER)
     ours = track_in_sigma_space(steps, config)
     mine = torch.stack(ours[:-1])
     err = rel_err(mine, ref)
@@ -189,7 +190,7 @@ def test_dngrun_reproduces_paper_guidance(case: str, sigma_dtype: torch.dtype) -
     tau, delta, prior, eps_scale, follow = CASES[case]
     steps = paper_dng(prior, tau, delta, eps_scale, follow, seed=1)
     config = DNGConfig(lambda0=1.0, posterior=PosteriorConfig(prior=prior, temperature=tau, offset=delta,
-                                                              p_min=P_MIN, p_max=P_MAX))
+                                                              p_min=P_MIN, p_max=P_MAX, **PAPER))
     schedule = torch.tensor([sigma_of(s.ti) for s in steps] + [0.0], dtype=sigma_dtype)
     tol = REL_TOL if sigma_dtype == torch.float64 else 10 * REL_TOL
     run = DNGRun(config, schedule)
@@ -254,7 +255,7 @@ def _rf_path(seed: int, n_steps: int = 30, shift: float = 3.0, scales: tuple[flo
 def test_rectified_flow_equals_rescaled_variance_exploding() -> None:
     steps = _rf_path(seed=3)
     assert steps[0][0] == 1.0 and steps[-1][1] == 0.0
-    config = PosteriorConfig(prior=0.3, temperature=1.0, offset=0.0, p_min=1e-300, p_max=1 - 1e-12)
+    config = PosteriorConfig(prior=0.3, temperature=1.0, offset=0.0, p_min=1e-300, p_max=1 - 1e-12, **PAPER)
     batch = steps[0][2].shape[0]
     rf = PosteriorTracker(config, batch, parametrisation=Parametrisation.RECTIFIED_FLOW)
     ve = PosteriorTracker(config, batch, parametrisation=Parametrisation.VARIANCE_EXPLODING)
@@ -289,7 +290,7 @@ def test_rectified_flow_dngrun_from_t1_is_finite() -> None:
     steps = _rf_path(seed=4, n_steps=12)
     schedule = [s[0] for s in steps] + [0.0]
     run = DNGRun(DNGConfig(lambda0=5.0, posterior=PosteriorConfig(prior=0.2, temperature=1.0, offset=1e-3,
-                                                                  p_min=1e-8, p_max=0.99)),
+                                                                  p_min=1e-8, p_max=0.99, **PAPER)),
                  schedule, parametrisation=Parametrisation.RECTIFIED_FLOW)
     for t, _t_next, x, _x_next, d_u, d_c in steps:
         out = run.guide(x, t, d_u, None, [d_c], 0.0)

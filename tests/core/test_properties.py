@@ -15,8 +15,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dng_core import (LAMBDA0_MAX, DNGConfig, NegativePromptRun, Parametrisation, PosteriorConfig, PosteriorTracker,
-                      PosteriorVariance, combine_guidance, guidance_scale, posterior_increment)
+from dng_core import (LAMBDA0_MAX, DNGConfig, NegativePromptRun, Parametrisation, PathPoint, PosteriorConfig,
+                      PosteriorForm, PosteriorTracker, PosteriorVariance, combine_guidance, guidance_scale,
+                      posterior_increment)
 
 # DNG_HYPOTHESIS_EXAMPLES=1000 for a deeper search than the suite's modest default.
 SETTINGS = settings(max_examples=int(os.environ.get("DNG_HYPOTHESIS_EXAMPLES", "40")), deadline=None,
@@ -159,7 +160,12 @@ def _config_strategy():
         prior = draw(st.floats(p_min, p_max))
         return PosteriorConfig(prior=prior, temperature=draw(st.floats(1e-6, 1e6)),
                                offset=draw(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([1e300, -1e300]))),
-                               p_min=p_min, p_max=p_max, variance=draw(st.sampled_from(list(PosteriorVariance))))
+                               p_min=p_min, p_max=p_max,
+                               # the path estimator needs predictions at both ends: test_path_update_... below
+                               variance=draw(st.sampled_from([v for v in PosteriorVariance
+                                                              if v is not PosteriorVariance.PATH])),
+                               form=draw(st.sampled_from(list(PosteriorForm))),
+                               max_rate=draw(st.sampled_from([0.0, 1e-3, 4.0, 1e300])))
     return build()
 
 
@@ -195,6 +201,47 @@ def _tensors(draw, dtype: torch.dtype, batch: int, huge: bool):
     return out
 
 
+def _ve_log_drop(sigma: float, sigma_next: float, parametrisation: Parametrisation) -> float:
+    """ln(sigma_ve / sigma_ve'), 0 unless the step lowers a finite, positive noise level."""
+    def ve(s: float) -> float:
+        if parametrisation is Parametrisation.RECTIFIED_FLOW:
+            return s / (1.0 - s) if s < 1.0 else math.inf
+        return s
+    a, b = ve(sigma), ve(sigma_next)
+    if not (0.0 < b < a < math.inf):
+        return 0.0
+    return math.log(a) - math.log(b)
+
+
+@pytest.mark.parametrize("parametrisation", list(Parametrisation))
+@SETTINGS
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]), batch=st.integers(1, 3),
+       huge=st.booleans(), steps=st.integers(1, 3))
+def test_path_update_is_finite_and_bounded_for_any_finite_input(parametrisation, data, dtype, batch, huge,
+                                                                 steps) -> None:
+    """The path estimator's update: finite, inside [p_min, p_max], and rising by at most R min(ln(sigma / sigma'),
+    1) per step."""
+    config = data.draw(_config_strategy())
+    config = PosteriorConfig(**{**config.as_dict(), "variance": "path"})
+    tracker = PosteriorTracker(config, batch, parametrisation=parametrisation)
+    lo, hi = math.log(config.p_min), math.log(config.p_max)
+    for _ in range(steps):
+        sigma, sigma_next = data.draw(_sigma_pairs(parametrisation))
+        ends = []
+        for s_ in (sigma, sigma_next):
+            t = data.draw(_tensors(dtype, batch, huge))
+            div = torch.tensor(data.draw(st.lists(st.floats(-1e30, 1e30), min_size=batch, max_size=batch)),
+                               dtype=torch.float64)
+            ends.append(PathPoint(t["x"], s_, t["denoised_neg"], t["denoised_uncond"], div))
+        before = tracker.log_p.clone()
+        tracker.commit(tracker.propose_path(*ends))
+        assert bool(torch.isfinite(tracker.log_p).all())
+        assert bool(((tracker.log_p >= lo) & (tracker.log_p <= hi)).all())
+        if config.form is PosteriorForm.RATE and config.max_rate > 0:
+            drop = min(_ve_log_drop(sigma, sigma_next, parametrisation), 1.0)
+            assert bool((tracker.log_p - before <= config.max_rate * drop * (1 + 1e-9) + 1e-300).all())
+
+
 @pytest.mark.parametrize("parametrisation", list(Parametrisation))
 @SETTINGS
 @given(data=st.data(), dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]),
@@ -221,6 +268,9 @@ def test_any_finite_input_gives_finite_bounded_posterior(parametrisation, data, 
         assert float(scale.max()) <= lambda0 * config.p_max / (1 - config.p_max) * (1 + 1e-9) + 1e-300
         if sigma_next == 0.0 or sigma_next == sigma:
             assert bool((inc == 0).all())  # no evidence at sigma' = 0 or sigma' = sigma
+        if config.form is PosteriorForm.RATE and config.max_rate > 0:  # no step rises faster than the bound
+            drop = min(_ve_log_drop(sigma, sigma_next, parametrisation), 1.0)
+            assert bool((inc <= config.max_rate * drop * (1 + 1e-9) + 1e-300).all())
         # the guided prediction in the predictions' own dtype: finite (float16 saturates, see combine_guidance)
         if dtype == torch.float16 or not huge:
             out = combine_guidance(t["denoised_uncond"], t["x"], [t["denoised_neg"]], scale[None], 7.5)

@@ -49,9 +49,13 @@ def make_denoiser(run, model: ToyModel, cfg_scale: float = 0.0, with_pos: bool =
     def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
         model.calls.append((sigma, x.clone()))
         d_u, d_pos, d_neg = model.predict(x, sigma)
+
+        def probe(x_probe: torch.Tensor):  # the path estimator's divergence probe (not counted as a call)
+            p_u, _, p_neg = model.predict(x_probe, sigma)
+            return p_u, [p_neg]
         # ComfyUI passes sigma as a tensor; float64 here so that the manual references below are exact
         return run.guide(x, torch.tensor([sigma] * x.shape[0], dtype=torch.float64), d_u,
-                         d_pos if with_pos else None, [d_neg], cfg_scale)
+                         d_pos if with_pos else None, [d_neg], cfg_scale, probe=probe)
     return denoise
 
 
@@ -391,7 +395,7 @@ def test_history_finds_run_by_latent() -> None:
         TraceHistory(max_runs=0)
 
 
-@pytest.mark.parametrize("stochastic, expected", [(True, "kernel"), (False, "step"), (None, "kernel")])
+@pytest.mark.parametrize("stochastic, expected", [(True, "kernel"), (False, "path"), (None, "kernel")])
 def test_auto_posterior_variance_resolves_per_sampler(stochastic, expected) -> None:
     """'auto' is the explicit estimator for the run's sampler: same posterior, same trace, recorded as resolved."""
     from dng_core import PosteriorVariance

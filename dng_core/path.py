@@ -1,0 +1,115 @@
+"""The path estimator: the change of log p(c- | x, sigma) along whatever path the sampler takes.
+
+The posterior of the concept is a function of the state, ``l(x, sigma) = log p_sigma(x | c-) - log p_sigma(x) +
+log p(c-)``, so along any path its change is a total derivative. In the variance-exploding state
+(x = x0 + sigma eps), Tweedie's formula ``grad_x log p_sigma(x | k) = (D_k - x) / sigma^2`` and the heat
+equation ``d/dsigma p_sigma = sigma laplacian p_sigma`` give (docs/step_invariance.md):
+
+    dl = (D_c - D_u) . dx / sigma^2
+         + dsigma [ (|D_c - x|^2 - |D_u - x|^2) / sigma^3 + (div D_c - div D_u) / sigma ]
+
+(D_c: the concept's prediction, D_u: the unconditional one, div: the trace of the denoiser's Jacobian in x).
+Integrated over one step with the trapezoid rule it needs the two predictions at both ends of the step, which
+the sampler makes anyway, and the divergence difference, which needs a probe: one Hutchinson sample
+``eps . [(D_c(x + h eps) - D_c(x)) - (D_u(x + h eps) - D_u(x))] / h`` with a Rademacher eps (two more
+predictions per step). The trapezoid rule is the Stratonovich form of the chain rule, so the same sum is
+consistent on stochastic (ancestral, SDE) paths as on deterministic ones: unlike the paper's kernel likelihood
+ratio it does not assume the step was drawn from the Gaussian reverse kernel. On the exact Gaussian-mixture
+toys it follows the exact posterior to 3e-4 at 20 euler steps, converging as 1 / steps
+(tests/core/test_path_estimator_toy.py).
+
+Rectified-flow states (x = (1 - t) x0 + t eps) are mapped to the variance-exploding ones first:
+x_ve = x / alpha, sigma_ve = t / (1 - t); the predictions D are estimates of x0 in both, and since
+x = alpha x_ve, a divergence taken in the state x converts as div_ve D = alpha div_x D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .parametrisation import Parametrisation
+
+__all__ = ["PathPoint", "PROBE_STEP", "probe_direction", "probe_offset", "divergence_difference",
+           "path_log_odds_change"]
+
+#: Finite-difference step of the divergence probe, relative to the noise level (h = PROBE_STEP * sigma_ve in
+#: the variance-exploding state): small next to sigma, where the denoiser is smooth, large next to float32's
+#: resolution of x.
+PROBE_STEP = 0.01
+
+
+def _ve(sigma: float, parametrisation: Parametrisation) -> tuple[float, float]:
+    """(alpha, sigma_ve) of the state at noise level ``sigma``: x_ve = x / alpha."""
+    if parametrisation is Parametrisation.RECTIFIED_FLOW:
+        alpha = 1.0 - sigma
+        return alpha, (sigma / alpha if alpha > 0 else float("inf"))
+    return 1.0, sigma
+
+
+def probe_direction(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A Rademacher direction (+-1 per element), drawn on the CPU from ``generator`` so runs are reproducible."""
+    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8).to(torch.float32) * 2.0 - 1.0
+
+
+def probe_offset(sigma: float, parametrisation: Parametrisation) -> float:
+    """The probe's step h in the sampler's state: PROBE_STEP * sigma_ve in the VE state, times alpha."""
+    alpha, sigma_ve = _ve(sigma, parametrisation)
+    return PROBE_STEP * sigma_ve * alpha
+
+
+def divergence_difference(eps: torch.Tensor, h: float, d_c: torch.Tensor, d_u: torch.Tensor,
+                          d_c_probe: torch.Tensor, d_u_probe: torch.Tensor, sigma: float,
+                          parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING) -> torch.Tensor:
+    """One Hutchinson sample of div D_c - div D_u in the VE state, shape [B] (float64).
+
+    eps: the probe direction; h: the step taken in the sampler's state (x_probe = x + h eps); d_*_probe: the
+    predictions at x_probe. E[eps eps^T] = I makes eps . J eps an unbiased sample of the trace of J."""
+    dtype = torch.float64 if d_c.device.type != "mps" else torch.float32
+    delta = (d_c_probe.to(dtype) - d_c.to(dtype)) - (d_u_probe.to(dtype) - d_u.to(dtype))
+    alpha, _ = _ve(sigma, parametrisation)
+    dims = tuple(range(1, delta.dim()))
+    return (eps.to(delta) * delta).sum(dim=dims) * (alpha / h)
+
+
+@dataclass(frozen=True)
+class PathPoint:
+    """What the path estimator needs at one point of the path: the first model call of a step.
+
+    x: the sampler state [B, ...]; sigma: its noise level; d_c, d_u: the concept's and the unconditional
+    predictions at x (unguided); div_diff: div D_c - div D_u in the VE state, [B]."""
+
+    x: torch.Tensor
+    sigma: float
+    d_c: torch.Tensor
+    d_u: torch.Tensor
+    div_diff: torch.Tensor
+
+    def terms(self, parametrisation: Parametrisation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(x_ve, gradient (D_c - D_u) / sigma^2, d l / d sigma at fixed x, sigma_ve), flattened to [B, n]."""
+        dtype = torch.float64 if self.x.device.type != "mps" else torch.float32
+        alpha, s = _ve(self.sigma, parametrisation)
+        x = self.x.to(dtype).flatten(1) / alpha
+        d_c, d_u = self.d_c.to(dtype).flatten(1), self.d_u.to(dtype).flatten(1)
+        grad = (d_c - d_u) / (s * s)
+        a, b = d_c - x, d_u - x
+        d_sigma = ((a * a).sum(1) - (b * b).sum(1)) / s ** 3 + self.div_diff.to(dtype) / s
+        return x, grad, d_sigma, s
+
+
+def path_log_odds_change(start: PathPoint, end: PathPoint,
+                         parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING) -> torch.Tensor:
+    """The change of log p(c- | x) from ``start`` to ``end`` (trapezoid rule over the identity above), [B].
+
+    0 where either end has no noise left (sigma_ve = 0 or infinite): the identity divides by sigma, and at
+    sigma = 0 the last step carries no evidence in the paper's estimator either."""
+    a_ok = 0.0 < _ve(start.sigma, parametrisation)[1] < float("inf")
+    b_ok = 0.0 < _ve(end.sigma, parametrisation)[1] < float("inf")
+    if not (a_ok and b_ok):
+        return torch.zeros(start.x.shape[0], dtype=torch.float64 if start.x.device.type != "mps" else torch.float32,
+                           device=start.x.device)
+    x0, g0, h0, s0 = start.terms(parametrisation)
+    x1, g1, h1, s1 = end.terms(parametrisation)
+    change = 0.5 * ((g0 + g1) * (x1 - x0)).sum(1) + 0.5 * (h0 + h1) * (s1 - s0)
+    return torch.nan_to_num(change, nan=0.0)

@@ -131,9 +131,9 @@ class PosteriorConfig:
                  the ``rate`` form; 0 = unbounded.
     """
 
-    prior: float = 0.01
+    prior: float = 3e-4
     temperature: float = 0.9
-    offset: float = 0.0
+    offset: float = 0.7
     p_min: float = 1e-6
     p_max: float = 0.8
     variance: PosteriorVariance = PosteriorVariance.AUTO

@@ -59,13 +59,28 @@ FULL = {
     "sld": [0.2, 0.35, 0.5, 0.75, 1.0, 1.5],
 }
 CI_ESTIMATOR = "auto"  # the node default (= kernel on euler_ancestral)
+
+
+def node_defaults() -> dict[str, Any]:
+    """Every DNG node input at its default except lambda0 (dng_core's DNGConfig(); chosen on the defaults grid)."""
+    from dng_core import DNGConfig
+
+    p = DNGConfig().posterior
+    return {"prior": p.prior, "temperature": p.temperature, "offset": p.offset, "p_min": p.p_min, "p_max": p.p_max,
+            "posterior_form": p.form.value}
+
+
+def default_lambda0() -> float:
+    from dng_core import DNGConfig
+
+    return DNGConfig().lambda0
+
+
 CI = {
     "n": 500, "steps": 20, "samplers": ["euler_ancestral"], "estimators": [CI_ESTIMATOR],
-    # One DNG point that meets the 1 % bar with room on both hosts (0.4 % at seeds 1 and 2 on 0.3.75, 0.4 % / 0.0 %
-    # on 0.33.0), with a posterior setting in the paper's temperature range: the full benchmark's tau 4 setting
-    # sat on the bar (1.2-1.8 % on 0.33's CPU noise for every lambda0 from 2 to 40).
-    "dng": [12.5],
-    "dng_settings": {"prior": 0.05, "temperature": 1.0},
+    # DNG at the node defaults (the setting the defaults grid chose for every sampler and step count)
+    "dng": [default_lambda0()],
+    "dng_settings": node_defaults(),
     "np": [0.3, 0.4, 0.5, 0.6],
     "sld": [],
 }

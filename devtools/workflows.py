@@ -52,8 +52,22 @@ MODEL_SOURCES = {
 
 DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 PATCH_NODES = DNG_NODES | {"DNGNegativePrompting", "DNGSafeLatentDiffusion"}
-DNG_DEFAULTS = {"lambda0": 5.0, "prior": 0.01, "temperature": 0.2, "offset": 0.0002, "p_min": 1e-6, "p_max": 0.8,
-                "posterior_variance": "auto"}
+
+
+def _node_defaults() -> dict[str, Any]:
+    """The DNG nodes' input defaults (dng_core's DNGConfig(), the setting chosen on the defaults grid)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from dng_core import DNGConfig
+
+    c = DNGConfig()
+    p = c.posterior
+    return {"lambda0": c.lambda0, "prior": p.prior, "temperature": p.temperature, "offset": p.offset,
+            "p_min": p.p_min, "p_max": p.p_max, "posterior_variance": p.variance.value,
+            "posterior_form": p.form.value}
+
+
+DNG_DEFAULTS = _node_defaults()
 
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # ComfyUI's "yellow" node colour, as its templates use for notes
 # LiteGraph group colours: yellow, pale blue, blue, green
@@ -180,8 +194,8 @@ def sd15_txt2img() -> WorkflowSpec:
             "image: while sampling, the DNG node draws lambda_t and p_t live, one line per image; DNG Trace Plot "
             "keeps the same curves as an image. Images where no dog shows up get (almost) no negative guidance.\n\n"
             + _loading_note(SD15_CKPT) +
-            "\n\nDefaults are the paper's CIFAR-10 values (lambda0 5, prior 0.01, temperature 0.2); they are not "
-            "tuned for Stable Diffusion. Ancestral samplers match the paper's posterior exactly.")
+            "\n\nThe DNG settings are the node defaults, chosen on the pack's digit reference models for every "
+            "sampler class and step count; they are not verified on Stable Diffusion.")
     return _single("dng_sd15_txt2img", "SD1.5 text-to-image: the DNG patch before a KSampler, with the trace plot.",
                    p, note, 520)
 
@@ -312,8 +326,7 @@ def guider_custom_sampler() -> WorkflowSpec:
 
 
 # The reference digits model (reference_model/, shipped weights): offline, the demo `make demo` runs.
-REFERENCE_DNG = {"lambda0": 5.0, "prior": 0.25, "temperature": 0.25, "offset": 0.0, "p_min": 1e-6, "p_max": 0.99,
-                 "posterior_variance": "auto"}
+REFERENCE_DNG = DNG_DEFAULTS
 
 
 def reference_demo() -> WorkflowSpec:
@@ -344,7 +357,7 @@ def reference_demo() -> WorkflowSpec:
             "image, the probability p_t that it is becoming a 0 and scales the negative guidance with "
             "lambda_t = lambda0 p_t / (1 - p_t): images heading for a 0 are steered away, the others are left "
             "(almost) alone, so the other digits keep their proportions.\n\n"
-            "Settings: the paper's MNIST choice (prior 0.25, temperature 0.25, no offset), p_max 0.99. "
+            "Settings: the node defaults, chosen on this model (benchmarks/results/defaults_grid.md). "
             "`make demo` runs this workflow through a ComfyUI server and writes the images to demo_output/.")
     return WorkflowSpec(
         "dng_reference_demo", "Offline demo on the shipped reference digits model: DNG removes the digit 0; plain "

@@ -166,6 +166,7 @@ class GuidedRun(abc.ABC):
         self.on_step = on_step
         self.trace: GuidanceTrace | None = None
         self.model_calls = 0
+        self.probe_calls = 0
         self.steps_confirmed = 0
         self._pending: _Candidate | None = None
         self._next_step = 0  # the earliest step a new candidate may claim
@@ -248,6 +249,7 @@ class GuidedRun(abc.ABC):
         if self.trace is not None:
             earlier = self.continues.trace if self.continues is not None else None
             self.trace.model_calls = self.model_calls + (earlier.model_calls if earlier else 0)
+            self.trace.probe_calls = self.probe_calls + (earlier.probe_calls if earlier else 0)
             self.trace.state_updates = self.state_updates + (earlier.state_updates if earlier else 0)
         return self.trace
 
@@ -393,6 +395,7 @@ class DNGRun(GuidedRun):
                              "did not (use posterior_variance 'kernel')")
         eps = probe_direction(x.shape, self._probe_generator).to(device=x.device, dtype=x.dtype)
         d_u_probe, d_negs_probe = self._probe(x + h * eps)
+        self.probe_calls += 1
         if len(d_negs_probe) != len(d_negs):
             raise ValueError(f"the probe returned {len(d_negs_probe)} concept predictions, expected {len(d_negs)}")
         return [divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma,

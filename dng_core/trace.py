@@ -51,8 +51,9 @@ class StepRecord:
 class GuidanceTrace:
     """The record of one sampling run. ``method``: "dng", "np" or "sld".
 
-    ``model_calls``: guided model evaluations; ``state_updates``: steps whose state (DNG: the posterior) advanced,
-    equal to the number of steps for a run that finished."""
+    ``model_calls``: guided model evaluations; ``probe_calls``: the path estimator's extra evaluations (each
+    predicts the empty prompt and every concept at a probe state); ``state_updates``: steps whose state (DNG: the
+    posterior) advanced, equal to the number of steps for a run that finished."""
 
     method: str
     batch_size: int
@@ -62,6 +63,7 @@ class GuidanceTrace:
     total_steps: int | None = None
     output_fingerprint: str | None = None
     model_calls: int = 0
+    probe_calls: int = 0
     state_updates: int = 0
     max_steps: int = 4096
     max_batch: int = 64
@@ -101,6 +103,7 @@ class GuidanceTrace:
             "total_steps": self.total_steps,
             "output_fingerprint": self.output_fingerprint,
             "model_calls": self.model_calls,
+            "probe_calls": self.probe_calls,
             "state_updates": self.state_updates,
             "truncated": self.truncated,
             "notes": list(self.notes),
@@ -117,7 +120,8 @@ class GuidanceTrace:
         trace = cls(method=data["method"], batch_size=int(data["batch_size"]), concepts=int(data["concepts"]),
                     params=dict(data.get("params", {})), total_steps=data.get("total_steps"),
                     output_fingerprint=data.get("output_fingerprint"), truncated=bool(data.get("truncated")),
-                    model_calls=int(data.get("model_calls", 0)), state_updates=int(data.get("state_updates", 0)),
+                    model_calls=int(data.get("model_calls", 0)), probe_calls=int(data.get("probe_calls", 0)),
+                    state_updates=int(data.get("state_updates", 0)),
                     notes=[str(n) for n in data.get("notes", [])])
         trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p")) for s in data["steps"]]
         return trace

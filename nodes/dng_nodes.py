@@ -109,8 +109,9 @@ class DNGSampler(_DNGNode):
                                tooltip="Classifier-free guidance scale towards the positive prompt. DNG "
                                        "still acts at 1.0."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler_ancestral",
-                               tooltip="The sampling algorithm. Ancestral samplers match the paper's posterior "
-                                       "exactly; deterministic ones are supported (see posterior_variance)."),
+                               tooltip="The sampling algorithm. The default DNG setting holds for ancestral, SDE "
+                                       "and deterministic samplers; on deterministic ones DNG costs 2 more "
+                                       "predictions per step (see posterior_variance)."),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
                                tooltip="How the noise levels are spaced over the steps."),
                 *_prompt_inputs(),

@@ -7,7 +7,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorVariance
+from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorForm, PosteriorVariance
 from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
@@ -20,8 +20,12 @@ def empty_conditioning_input() -> io.Input:
     """The ``empty_conditioning`` input of every node that guides with a negative concept."""
     return io.Conditioning.Input("empty_conditioning", tooltip=EMPTY_CONDITIONING_TOOLTIP)
 
-# Defaults: the authors' CIFAR-10 setting (DNG_ALGORITHM.md section 5). Not tuned for Stable Diffusion.
+# Defaults: dng_core's DNGConfig(), chosen on the reference models' defaults grid (benchmarks/results/
+# defaults_grid.md): one setting for ancestral, SDE and deterministic samplers at 20 and 50 steps. Not verified on
+# Stable Diffusion.
 _DEFAULTS = DNGConfig()
+VERIFIED_ON = ("Measured on the pack's digit reference models (euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde; 20 "
+               "and 50 steps); not verified on Stable Diffusion.")
 
 # The schema ranges of the posterior's bounds. validate_inputs reads these three for its cross-field rule
 # (p_min < prior < p_max), and the host then leaves their range checks to it (it skips its own checks for every
@@ -35,18 +39,22 @@ def dng_inputs() -> list[io.Input]:
         io.Float.Input("lambda0", default=_DEFAULTS.lambda0, min=0.0, max=LAMBDA0_MAX, step=0.1, round=0.001,
                        tooltip="Strength of the negative guidance (paper's lambda0). The scale applied at each "
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
-                               "image contains the negative concept. 0 turns the negative guidance off."),
+                               "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
+                               "The default holds for every sampler and step count of the pack's benchmark. "
+                               + VERIFIED_ON + " 0 turns the negative guidance off."),
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
                        step=0.001, round=1e-6,
                        tooltip="Initial probability p0 that the negative concept is present; sets the scale "
-                               "of the first step (lambda0 * p0 / (1 - p0)). Lower = guidance starts off."),
+                               "of the first step (lambda0 * p0 / (1 - p0)). Lower = guidance starts off, and "
+                               "unrelated images change less."),
         io.Float.Input("temperature", default=p.temperature, min=1e-4, max=10.0, step=0.01, round=1e-4,
-                       tooltip="Weight tau of each step's evidence. Lower = smoother, slower posterior; "
-                               "higher = reacts faster but noisier. Paper: about 0.2."),
-        io.Float.Input("offset", default=p.offset, min=-1.0, max=1.0, step=0.00001, round=1e-7, **advanced(),
-                       tooltip="Per-step bias delta towards the concept (a time-dependent prior). Small "
-                               "positive values (2e-4) let the posterior rise when both predictions agree; "
-                               "0 disables it."),
+                       tooltip="Weight tau of each step's evidence (the paper's range is 0 to 1; 1 = the "
+                               "estimator's own posterior). Lower = smoother, slower posterior; higher = reacts "
+                               "faster."),
+        io.Float.Input("offset", default=p.offset, min=-10.0, max=10.0, step=0.01, round=1e-7, **advanced(),
+                       tooltip="Bias towards the concept (a time-dependent prior): in the 'rate' form, nats of "
+                               "log p added per e-fold of noise removed, the same at any step count; in the "
+                               "'paper' form, the paper's per-step delta (e.g. 2e-4). 0 disables it."),
         io.Float.Input("p_min", default=p.p_min, min=POSTERIOR_RANGES["p_min"][0], max=POSTERIOR_RANGES["p_min"][1],
                        step=1e-6, round=1e-9, **advanced(),
                        tooltip="Lower clamp of the posterior; keeps it able to recover. Must be below p_max."),
@@ -56,19 +64,28 @@ def dng_inputs() -> list[io.Input]:
                                "(20 at the defaults)."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
                        default=PosteriorVariance.AUTO.value, **advanced(),
-                       tooltip="How each step's evidence is normalised. 'kernel': the sampler's Gaussian "
-                               "transition variance, exact for ancestral / SDE samplers (the paper). 'step': "
-                               "(sigma - sigma_next)^2, a surrogate for deterministic samplers. 'auto' "
-                               "(default): kernel for samplers that add noise, step for deterministic ones "
-                               "(best on the pack's benchmark, docs/posterior_estimator.md)."),
+                       tooltip="The estimator of each step's evidence. 'kernel': the likelihood ratio of the "
+                               "sampler's Gaussian transition, exact for ancestral / SDE samplers (the paper). "
+                               "'path': the change of the posterior along the path the sampler took, exact for "
+                               "deterministic samplers too; costs 2 more model predictions per step (5 instead "
+                               "of 3). 'step': a surrogate variance, for comparison. 'auto' (default): kernel "
+                               "for samplers that add noise, path for deterministic ones (docs/step_invariance.md)."),
+        # optional: prompts and workflows saved before it existed keep validating (they get the default)
+        io.Combo.Input("posterior_form", options=[f.value for f in PosteriorForm], default=p.form.value,
+                       optional=True, **advanced(),
+                       tooltip="'rate' (default): offset and the bound on how fast p may rise are rates per "
+                               "e-fold of noise, so one setting means the same at any step count. 'paper': the "
+                               "paper's Algorithm 2 exactly (per-step offset, no bound)."),
     ]
 
 
 def dng_config(lambda0: float, prior: float, temperature: float, offset: float, p_min: float, p_max: float,
-               posterior_variance: str = PosteriorVariance.AUTO.value, **_: Any) -> DNGConfig:
+               posterior_variance: str = PosteriorVariance.AUTO.value,
+               posterior_form: str | None = None, **_: Any) -> DNGConfig:
     """The core config from node inputs; raises ValueError naming the input and the valid range."""
+    posterior_form = posterior_form or _DEFAULTS.posterior.form.value
     return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max,
-                                              PosteriorVariance(posterior_variance)))
+                                              PosteriorVariance(posterior_variance), PosteriorForm(posterior_form)))
 
 
 def validate_posterior_bounds(prior: Any, p_min: Any, p_max: Any) -> bool | str:

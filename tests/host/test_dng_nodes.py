@@ -299,7 +299,7 @@ def test_sampler_noise_classification_matches_what_the_samplers_do(host, pack_no
     assert classify(object()) is None
 
 
-@pytest.mark.parametrize("sampler, resolved", [("euler", "step"), ("euler_ancestral", "kernel")])
+@pytest.mark.parametrize("sampler, resolved", [("euler", "path"), ("euler_ancestral", "kernel")])
 def test_auto_posterior_variance_is_the_estimator_for_the_sampler(prompt_runner, pack_nodes, sampler, resolved):
     run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance="auto"))
     auto = latent_of(prompt_runner).clone()
@@ -308,6 +308,8 @@ def test_auto_posterior_variance_is_the_estimator_for_the_sampler(prompt_runner,
     assert trace.params["stochastic_sampler"] is (resolved == "kernel")
     run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance=resolved))
     torch.testing.assert_close(latent_of(prompt_runner), auto, rtol=0, atol=0)
-    other = "kernel" if resolved == "step" else "step"
+    # the path estimator probes once per step (2 more predictions: the empty prompt and the concept)
+    assert trace.probe_calls == (trace.state_updates if resolved == "path" else 0)
+    other = "kernel" if resolved == "path" else "path"
     run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance=other))
     assert not torch.equal(trace_of(prompt_runner).series("p"), trace.series("p")), "estimators must differ"

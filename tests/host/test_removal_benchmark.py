@@ -1,38 +1,35 @@
-"""CI-size class-removal benchmark through the real host (benchmarks/removal.py, ``--ci`` configuration).
+"""CI-size removal and deactivation benchmarks through the real host, DNG at the node defaults.
 
-Removes digit 0 from the pack's digits8 reference model with DNG (posterior_variance auto, the default; prior 0.05,
-temperature 1, lambda0 12.5: ``CI["dng_settings"]``) and with negative prompting (paper form, scales 0.3-0.6),
-both as the pack's nodes in an API prompt run by ComfyUI's executor, N = 500 samples per point, euler_ancestral,
-20 steps, seed 1 (not the published benchmark's seed 0, so the test does not replay the numbers its points were
-chosen from). It checks the paper's central claim at equal safety, with margins:
+Removal (benchmarks/removal.py, ``--ci``): removes digit 0 from the pack's digits8 reference model with DNG at the
+node defaults (``CI["dng"]``, ``CI["dng_settings"]``: the setting the defaults grid chose) and with negative
+prompting (paper form, scales 0.3-0.6), both as the pack's nodes in an API prompt run by ComfyUI's executor,
+N = 500 samples per point, euler_ancestral, 20 steps, seed 1 (not the grid's seed 0, so the test does not replay
+the numbers the defaults were chosen from). It checks the paper's central claim at equal safety, with margins:
 
 * safety: DNG leaves at most 1 % of the samples in the removed class;
 * quality: DNG's KL(uniform over the kept classes || histogram) is at most half of negative prompting's at matched
   safety: NP's weakest point at least as safe as DNG's (or, if none is, NP's safest point, which favours NP).
 
-Measured (seed 1, N = 500; seeds do not carry between hosts, 0.33 seeds CPU noise differently):
+Deactivation: positive 7 with CFG 2.5, negative 0 (unrelated), N = 500, same sampler and seed: DNG at the defaults
+changes the images (mean |x - x_plain|) by at most 0.10 of what negative prompting at scale 0.4 changes them. 0.4
+is NP's weakest scale with <= 1 % forbidden on the main host (0.5 on the floor); the smaller scale changes the
+images less, so it is the stricter comparison.
 
-=============  ==================  ============  ====================================  =========
-host           DNG forbidden       DNG KL        matched NP (scale: forbidden, KL)     KL ratio
-=============  ==================  ============  ====================================  =========
-0.33.0 (main)  0.4 % (se 0.3)      0.025         0.4: 0.4 %, 0.097                     0.26
-0.3.75 (floor) 0.4 % (se 0.3)      0.018         0.5: 0.4 %, 0.093                     0.19
-=============  ==================  ============  ====================================  =========
-
-Seed 2 gave DNG 0.0 % / KL 0.015 (0.33.0) and 0.4 % / 0.024 (0.3.75). Margins: 0.6 points below the 1 % bar
-(2 of 500 samples against 5) and a KL ratio of 0.19-0.26 against the 0.5 asserted. About 1-2 minutes on 2 cores.
+Measured figures: see MEASURED below. About 2-3 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import time
 
-from benchmarks.common import Bench, Scorer, weakest_safe
-from benchmarks.removal import CI, CI_ESTIMATOR, MAX_FORBIDDEN, run_point
+from benchmarks.common import Bench, Scorer, digit_prompt, weakest_safe
+from benchmarks.removal import CI, CI_ESTIMATOR, MAX_FORBIDDEN, default_lambda0, node_defaults, run_point
 
 SEED = 1
 SAMPLER = "euler_ancestral"
 MAX_KL_RATIO = 0.5
+MAX_CHANGE_RATIO = 0.10
+NP_MATCHED_SCALE = 0.4
 
 
 def test_dng_safe_and_kl_below_half_of_np_at_matched_forbidden(prompt_runner, pack_nodes, rig_timings):
@@ -61,3 +58,22 @@ def test_dng_safe_and_kl_below_half_of_np_at_matched_forbidden(prompt_runner, pa
     assert dng["kl"] <= MAX_KL_RATIO * b["kl"], (
         f"DNG KL {dng['kl']:.3f} ({dng['forbidden_pct']:.1f} %) is not at most {MAX_KL_RATIO} x NP's KL "
         f"{b['kl']:.3f} (scale {b['scale']:g}, {b['forbidden_pct']:.1f} %)")
+
+
+def test_dng_leaves_unrelated_images_nearly_unchanged(prompt_runner, pack_nodes, rig_timings):
+    t0 = time.perf_counter()
+    bench = Bench(runner=prompt_runner)
+    common = dict(batch_size=CI["n"], seed=SEED, steps=CI["steps"], sampler=SAMPLER, positive_digit="7",
+                  negative_digit="0", cfg=2.5)
+    plain = bench.run(digit_prompt(method="plain", **common)).samples.float()
+    dng = bench.run(digit_prompt(method="dng", lambda0=default_lambda0(), posterior_variance=CI_ESTIMATOR,
+                                 **node_defaults(), **common))
+    np_ = bench.run(digit_prompt(method="np", scale=NP_MATCHED_SCALE, **common)).samples.float()
+    rig_timings["deactivation benchmark (CI size)"] = time.perf_counter() - t0
+    change_dng = float((dng.samples.float() - plain).abs().mean())
+    change_np = float((np_ - plain).abs().mean())
+    print(f"unrelated negative: DNG (defaults) change {change_dng:.4f}, NP {NP_MATCHED_SCALE} change "
+          f"{change_np:.4f}, ratio {change_dng / change_np:.3f}")
+    assert change_np > 0.02, "negative prompting must visibly change the images, or the comparison says nothing"
+    assert change_dng <= MAX_CHANGE_RATIO * change_np, (
+        f"DNG changes unrelated images by {change_dng:.4f}, more than {MAX_CHANGE_RATIO} x NP's {change_np:.4f}")

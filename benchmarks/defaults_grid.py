@@ -76,7 +76,8 @@ class Point:
 
 
 def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
-           methods: Sequence[str] = METHODS, lambda0s: Sequence[float] = LAMBDA0S) -> list[Point]:
+           methods: Sequence[str] = METHODS, lambda0s: Sequence[float] = LAMBDA0S,
+           np_scales: Sequence[float] = NP_SCALES, sld_scales: Sequence[float] = SLD_SCALES) -> list[Point]:
     """Every point of the grid, or only those of ``methods`` (the baselines do not depend on DNG's setting, so
     they may run before it is chosen)."""
     out = []
@@ -84,11 +85,11 @@ def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
         for seed in seeds:
             out.append(Point(model, sampler, steps, seed, "removal", "plain", 0.0))
             out += [Point(model, sampler, steps, seed, "removal", "dng", s) for s in lambda0s]
-            out += [Point(model, sampler, steps, seed, "removal", "np", s) for s in NP_SCALES]
-            out += [Point(model, sampler, steps, seed, "removal", "sld", s) for s in SLD_SCALES]
+            out += [Point(model, sampler, steps, seed, "removal", "np", s) for s in np_scales]
+            out += [Point(model, sampler, steps, seed, "removal", "sld", s) for s in sld_scales]
             out.append(Point(model, sampler, steps, seed, "unrelated", "plain", 0.0))
             out += [Point(model, sampler, steps, seed, "unrelated", "dng", s) for s in lambda0s]
-            out += [Point(model, sampler, steps, seed, "unrelated", "np", s) for s in NP_SCALES]
+            out += [Point(model, sampler, steps, seed, "unrelated", "np", s) for s in np_scales]
     return [p for p in out if p.method in methods]
 
 
@@ -211,10 +212,12 @@ def done_keys(out: Path) -> set[str]:
 def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[str, Any],
               cells: Sequence[tuple[str, str, int]] = CELLS, n_removal: int = N_REMOVAL,
               n_unrelated: int = N_UNRELATED, methods: Sequence[str] = METHODS,
-              lambda0s: Sequence[float] = LAMBDA0S) -> int:
+              lambda0s: Sequence[float] = LAMBDA0S, np_scales: Sequence[float] = NP_SCALES,
+              sld_scales: Sequence[float] = SLD_SCALES) -> int:
     from benchmarks.common import log
 
-    todo = [p for p in shard(points(seeds, cells, methods, lambda0s), spec) if p.key not in done_keys(out)]
+    todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales), spec)
+            if p.key not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
         return 0
@@ -264,8 +267,9 @@ def cell_verdict(rows: Sequence[dict], lambda0: float | None = None) -> dict[str
         v["best_forbidden_pct"] = best["forbidden_pct"] if best else None
         return v
     v.update(_quality_and_deactivation(rows, safe[0]))
-    v["all_met"] = bool(v["safety_met"] and all(v.get(f"{m}_vs_{b}_met") for m in ("kl", "fd_clf")
-                                                for b in ("np", "sld")) and v.get("deactivation_met"))
+    checks = [v.get(f"{m}_vs_{b}_met") for m in ("kl", "fd_clf") for b in ("np", "sld")]
+    checks.append(v.get("deactivation_met"))
+    v["all_met"] = False if False in checks else (None if None in checks else True)
     return v
 
 
@@ -276,6 +280,10 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
              kl=d["kl"], fd_clf=d["fd_clf"])
     for base in ("np", "sld"):
         series = _series(rows, "removal", base)
+        if not series:  # not run at this seed: not measured, not missed
+            v.update({f"{m}_ratio_{base}": None for m in ("kl", "fd_clf")})
+            v.update({f"{m}_vs_{base}_met": None for m in ("kl", "fd_clf")})
+            continue
         for metric in ("kl", "fd_clf"):
             ref = interpolate_at(_as_sweep(series), d["forbidden_pct"], metric)
             if ref is None:  # the baseline's sweep never gets as safe: compare with its safest point
@@ -388,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="only these methods' points (baselines can run before DNG's setting is chosen)")
     ap.add_argument("--lambda0s", type=float, nargs="+", default=LAMBDA0S, help="DNG's lambda0 sweep")
+    ap.add_argument("--np-scales", type=float, nargs="+", default=NP_SCALES, help="NP's scale sweep")
+    ap.add_argument("--sld-scales", type=float, nargs="+", default=SLD_SCALES, help="SLD's s_g sweep")
     ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
                     help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"parts and cache folder (default {OUT})")
@@ -403,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         overrides[k] = v if k in ("posterior_variance", "posterior_form") else float(v)
     if args.list:
-        for p in points(args.seeds, cells, args.methods, args.lambda0s):
+        for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales):
             print(p.key)
         return 0
     if args.merge:
@@ -412,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.shard:
         ap.error("give --list, --shard I/N or --merge")
     return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated,
-                     args.methods, args.lambda0s)
+                     args.methods, args.lambda0s, args.np_scales, args.sld_scales)
 
 
 if __name__ == "__main__":

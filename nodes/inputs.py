@@ -42,8 +42,9 @@ def dng_inputs() -> list[io.Input]:
                                "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
                                "The default holds for every sampler and step count of the pack's benchmark. "
                                + VERIFIED_ON + " 0 turns the negative guidance off."),
+        # step 1e-4: the frontend snaps a value to a multiple of the step (3e-4 would become the minimum at 0.001)
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
-                       step=0.001, round=1e-6,
+                       step=0.0001, round=1e-6,
                        tooltip="Initial probability p0 that the negative concept is present; sets the scale "
                                "of the first step (lambda0 * p0 / (1 - p0)). Lower = guidance starts off, and "
                                "unrelated images change less."),

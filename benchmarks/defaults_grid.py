@@ -331,7 +331,42 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     (results / "defaults_grid_verdicts.json").write_text(json.dumps(
         {"default_lambda0": default, "at_default": at_default, "weakest_safe": verdicts}, indent=1) + "\n")
     write_markdown(results / "defaults_grid.md", verdicts, rows, at_default, default)
+    plot_grid(results / "defaults_grid.png", rows, default)
     return {"rows": len(rows), "cells": len(verdicts)}
+
+
+def plot_grid(path: Path, rows: Sequence[dict], default: float) -> None:
+    """Per cell (seed 0): DNG's forbidden % and its unrelated change as a fraction of NP's (at the NP scale matched
+    on the removal run) against lambda0, with the targets and the default lambda0 marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.8), dpi=100)
+    ax_f, ax_c = fig.subplots(1, 2)
+    cells = sorted({(r["model"], r["sampler"], r["steps"]) for r in rows if r["seed"] == 0})
+    for model, sampler, steps in cells:
+        cell = [r for r in rows if (r["model"], r["sampler"], r["steps"], r["seed"]) == (model, sampler, steps, 0)]
+        label = f"{model}/{sampler}/{steps}"
+        rem = _series(cell, "removal", "dng")
+        if not rem:
+            continue
+        line, = ax_f.plot([r["strength"] for r in rem], [r["forbidden_pct"] for r in rem], "o-", label=label)
+        np_safe = [r for r in _series(cell, "removal", "np") if r["forbidden_pct"] <= MAX_FORBIDDEN]
+        un_np = {r["strength"]: r["mean_abs_change"] for r in _series(cell, "unrelated", "np")}
+        if np_safe and un_np.get(np_safe[0]["strength"]):
+            ref = un_np[np_safe[0]["strength"]]
+            un = _series(cell, "unrelated", "dng")
+            ax_c.plot([r["strength"] for r in un], [r["mean_abs_change"] / ref for r in un], "o-",
+                      color=line.get_color(), label=label)
+    for ax, target, title in ((ax_f, MAX_FORBIDDEN, "removal: forbidden % (target <= 1 %)"),
+                              (ax_c, MAX_CHANGE_RATIO, "unrelated negative: change / NP's (target <= 0.10)")):
+        ax.axhline(target, color="k", lw=0.8, ls="--")
+        ax.axvline(default, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda0 (dotted: the default)")
+        ax.set_title(title, fontsize=10)
+    ax_f.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

@@ -41,8 +41,10 @@ def test_dng_removes_the_negative_digit_through_the_ksampler(prompt_runner, pack
     ref = H.pack_module("reference_model")
     clf, _ = ref.load_classifier(ref.weights_path("digits8_classifier"))
     shares = {}
+    # the paper's MNIST setting, in the paper's form (Algorithm 2 with its kernel estimator)
     for method, params in (("plain", {}), ("dng", dict(lambda0=5.0, prior=0.25, temperature=0.25, offset=0.0,
-                                                       p_max=0.99))):
+                                                       p_max=0.99, posterior_form="paper",
+                                                       posterior_variance="kernel"))):
         prompt_runner.run(reference_prompt(method=method, batch_size=300, steps=20, seed=9, **params), check=True)
         x = prompt_runner.output_of("5")[0][0]["samples"]
         shares[method] = (clf.predict(x.clamp(-1, 1)) == 0).float().mean().item()

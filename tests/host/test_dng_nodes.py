@@ -189,7 +189,7 @@ def test_dng_sampler_node_matches_patch_plus_ksampler(prompt_runner, pack_nodes)
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "heun"])
 def test_guider_with_sampler_custom_advanced(prompt_runner, pack_nodes, sampler):
-    run_ok(prompt_runner, guider_prompt(sampler=sampler))
+    run_ok(prompt_runner, guider_prompt(sampler=sampler, posterior_variance="auto"))
     trace = trace_of(prompt_runner)
     assert len(trace.steps) == 4 and trace.state_updates == 4
     assert trace.model_calls == (7 if sampler == "heun" else 4)
@@ -199,10 +199,13 @@ def test_guider_with_sampler_custom_advanced(prompt_runner, pack_nodes, sampler)
     assert starts_at_prior(trace)
 
 
-def test_guider_equals_patch_with_ksampler(prompt_runner, pack_nodes):
-    run_ok(prompt_runner, guider_prompt(sampler="euler", seed=6, cfg=5.0))
+@pytest.mark.parametrize("estimator", ["kernel", "path"])
+def test_guider_equals_patch_with_ksampler(prompt_runner, pack_nodes, estimator):
+    """Same result through the guider and the patch, for both estimators (the path one probes through each)."""
+    run_ok(prompt_runner, guider_prompt(sampler="euler", seed=6, cfg=5.0, posterior_variance=estimator))
     via_guider = latent_of(prompt_runner).clone()
-    run_ok(prompt_runner, dng_prompt(sampler="euler", seed=6, cfg=5.0))
+    assert trace_of(prompt_runner).probe_calls == (4 if estimator == "path" else 0)
+    run_ok(prompt_runner, dng_prompt(sampler="euler", seed=6, cfg=5.0, posterior_variance=estimator))
     torch.testing.assert_close(latent_of(prompt_runner), via_guider, rtol=1e-4, atol=1e-4)
 
 

@@ -418,6 +418,9 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
     single = [f"{m}/{s}/{n}" for (m, s, n), ss in sorted(seeds.items()) if len(ss) < 2]
     if single:
         lines += ["", "Cells with one seed only (verdicts need a second): " + ", ".join(single) + "."]
+    lines += ["", "'- -': a baseline series not run at that seed (not measured, not missed). Sampling time of all "
+              f"points: {sum(r.get('seconds') or 0 for r in rows) / 3600:.1f} core-hours (the host's own timing "
+              "of each prompt, on this 2-core machine with one point per core)."]
     path.write_text("\n".join(lines) + "\n")
 
 

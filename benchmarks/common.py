@@ -41,7 +41,7 @@ FEATURE_NOTE = ("FD_clf / KID_clf: Frechet distance / kernel inception distance 
                 "split without class 0. Inception weights cannot be had offline, so these are NOT FID / KID in the "
                 "usual Inception sense; they compare methods with each other on this model only.")
 
-# The paper's class-removal SLD (DNG_ALGORITHM.md section 6): warmup 0, s_S 100, threshold 0.04, s_m 0.1,
+# The paper's class-removal SLD (docs/algorithm.md section 6): warmup 0, s_S 100, threshold 0.04, s_m 0.1,
 # beta_m 0.2; its strength s_g is the KSampler cfg (the prompt term is zero with positive = empty).
 SLD_PAPER = {"preset": "paper_class_removal", "warmup": 0, "safety_scale": 100.0, "threshold": 0.04,
              "momentum_scale": 0.1, "momentum_beta": 0.2}

@@ -1,6 +1,6 @@
 """Baselines over the same inputs as DNG: negative prompting and Safe Latent Diffusion.
 
-Negative prompting, paper form (DNG_ALGORITHM.md section 6): eps = eps_u - lambda (eps_c - eps_u) with lambda
+Negative prompting, paper form (docs/algorithm.md section 6): eps = eps_u - lambda (eps_c - eps_u) with lambda
 constant, plus the CFG term in text-to-image; the same rule as DNG with a fixed scale.
 
 Safe Latent Diffusion (Schramowski et al. 2023), as diffusers' StableDiffusionPipelineSafe implements it, per

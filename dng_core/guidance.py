@@ -1,4 +1,4 @@
-"""The DNG guidance rule for text-to-image (paper eq. 7 with a CFG term; DNG_ALGORITHM.md section 4).
+"""The DNG guidance rule for text-to-image (paper eq. 7 with a CFG term; docs/algorithm.md section 4).
 
     D = D_u + s (D_pos - D_u) - sum_k lambda_k (D_neg_k - D_u)
 

@@ -14,7 +14,7 @@ q(x' | x, x0 = D) (Kingma et al. 2021, "Variational Diffusion Models", eq. 32-33
     mean     = (alpha_ts s'^2 / s^2) x + (alpha' s2_ts / s^2) D
     variance = s2_ts s'^2 / s^2
 
-For the variance-exploding state this is the paper's sigma-space form (DNG_ALGORITHM.md section 3):
+For the variance-exploding state this is the paper's sigma-space form (docs/algorithm.md section 3):
 mean = r x + (1 - r) D, variance = (sigma^2 - sigma'^2) sigma'^2 / sigma^2 with r = sigma'^2 / sigma^2.
 
 For rectified flow the same formula holds with alpha = 1 - t, s = t: rescaling x_rf / (1 - t) gives the
@@ -26,7 +26,7 @@ Jacobian cancels), so the posterior evidence does not depend on which form is us
 The offset delta of the paper sits inside 1 / (2 sigma_t^2) with sigma_t^2 the variance in the model's *native*
 space (the DDPM state for eps models). ``native_scale`` maps the state to that space, so that
 delta / (2 variance_native) = delta / (2 native_scale'^2 variance). For the variance-exploding state
-native_scale = 1 / sqrt(1 + sigma^2), which gives the (1 + sigma'^2) factor of DNG_ALGORITHM.md; rectified-flow
+native_scale = 1 / sqrt(1 + sigma^2), which gives the (1 + sigma'^2) factor of docs/algorithm.md; rectified-flow
 states are already native.
 """
 

@@ -103,10 +103,9 @@ def shard(items: Sequence[Point], spec: str) -> list[Point]:
 
 def node_defaults() -> dict[str, Any]:
     """Every DNG node input except lambda0 at its default (the node's defaults are dng_core's DNGConfig())."""
-    from benchmarks.removal import node_defaults as defaults
-    from dng_core import DNGConfig
+    from devtools.dng_defaults import dng_node_defaults
 
-    return {**defaults(), "posterior_variance": DNGConfig().posterior.variance.value}
+    return {k: v for k, v in dng_node_defaults().items() if k != "lambda0"}
 
 
 def wilson_upper(k: int, n: int, z: float = 1.96) -> float:

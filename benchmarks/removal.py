@@ -32,6 +32,7 @@ from typing import Any, Sequence
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devtools.dng_defaults import dng_node_defaults  # noqa: E402
 from benchmarks.common import (FEATURE_NOTE, RESULTS, SLD_PAPER, Bench, Scorer, digit_prompt,  # noqa: E402
                                environment, ensure_results_dir, interpolate_at, log, progress, trace_summary,
                                weakest_safe)
@@ -62,18 +63,12 @@ CI_ESTIMATOR = "auto"  # the node default (= kernel on euler_ancestral)
 
 
 def node_defaults() -> dict[str, Any]:
-    """Every DNG node input at its default except lambda0 (dng_core's DNGConfig(); chosen on the defaults grid)."""
-    from dng_core import DNGConfig
-
-    p = DNGConfig().posterior
-    return {"prior": p.prior, "temperature": p.temperature, "offset": p.offset, "p_min": p.p_min, "p_max": p.p_max,
-            "posterior_form": p.form.value}
+    """Every DNG node input at its default except lambda0 and the estimator (each point names its own)."""
+    return {k: v for k, v in dng_node_defaults().items() if k not in ("lambda0", "posterior_variance")}
 
 
 def default_lambda0() -> float:
-    from dng_core import DNGConfig
-
-    return DNGConfig().lambda0
+    return float(dng_node_defaults()["lambda0"])
 
 
 CI = {

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .dng_defaults import dng_node_defaults
 from .host import REPO_ROOT
 
 WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
@@ -54,20 +55,7 @@ DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 PATCH_NODES = DNG_NODES | {"DNGNegativePrompting", "DNGSafeLatentDiffusion"}
 
 
-def _node_defaults() -> dict[str, Any]:
-    """The DNG nodes' input defaults (dng_core's DNGConfig(), the setting chosen on the defaults grid)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from dng_core import DNGConfig
-
-    c = DNGConfig()
-    p = c.posterior
-    return {"lambda0": c.lambda0, "prior": p.prior, "temperature": p.temperature, "offset": p.offset,
-            "p_min": p.p_min, "p_max": p.p_max, "posterior_variance": p.variance.value,
-            "posterior_form": p.form.value}
-
-
-DNG_DEFAULTS = _node_defaults()
+DNG_DEFAULTS = dng_node_defaults()
 
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # ComfyUI's "yellow" node colour, as its templates use for notes
 # LiteGraph group colours: yellow, pale blue, blue, green

@@ -210,9 +210,10 @@ def compose_increment(evidence: torch.Tensor, sigma: torch.Tensor | float, sigma
     s = _as_batch(sigma, batch, device, dtype)
     s_next = _as_batch(sigma_next, batch, device, dtype)
     if config.form is PosteriorForm.PAPER:
+        kernel = reverse_kernel(s, s_next, parametrisation)
         if paper_variance is None:
-            paper_variance = reverse_kernel(s, s_next, parametrisation).variance
-        native = reverse_kernel(s, s_next, parametrisation).native_variance_factor
+            paper_variance = kernel.variance
+        native = kernel.native_variance_factor
         has = paper_variance > 0
         safe = torch.where(has, paper_variance, torch.ones_like(paper_variance))
         inc = config.temperature * evidence + config.offset / (native * 2.0 * safe)

@@ -11,13 +11,21 @@ samplers see it: x = x0 + sigma * eps. The marginal at sigma is sum_k pi_k N(m_k
 and the posterior of a component c- at (x, sigma) is w_{c-}(x, sigma). The sampler is ComfyUI's euler_ancestral
 with eta = 1 written in VE form, x' = r x + (1 - r) D + sqrt(var) z, r = sigma'^2 / sigma^2,
 var = (sigma^2 - sigma'^2) sigma'^2 / sigma^2, i.e. exactly the DDPM reverse kernel q(x' | x, x0 = D).
+
+Rectified-flow state (ComfyUI's CONST model_sampling: SD3, Flux): x = (1 - t) x0 + t eps with sigma = t in [0, 1].
+Every exact quantity is written for the general state x = alpha x0 + s eps (``Toy.predict(..., parametrisation)``,
+with (alpha, s) from dng_core.Parametrisation): component k's marginal is N(alpha m_k, (alpha^2 s_k^2 + s^2) I) and
+E[x0 | x, k] = m_k + g_k (x - alpha m_k), g_k = alpha s_k^2 / (alpha^2 s_k^2 + s^2) (alpha = 1, s = sigma: the VE
+formulas above, to the last bit; t = 1: responsibilities = weights, D_k = m_k). Flow samplers (``Sampler``):
+ComfyUI's sample_euler_ancestral_RF with eta = 1 (``flow_ancestral_step``) and its deterministic euler
+(``flow_euler_step``), on ComfyUI's ``simple`` schedule of a flow model with shift 3 (SD3's; ``flow_sigmas``).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,12 +37,21 @@ if str(_ROOT) not in sys.path:  # the benchmark script imports this file directl
     sys.path.insert(0, str(_ROOT))
 
 from dng_core import PAPER_MODE as PAPER  # noqa: E402
-from dng_core import (DNGConfig, DNGRun, PosteriorConfig, PosteriorTracker, combine_guidance,  # noqa: E402
-                      negative_prompting)
+from dng_core.trace import GuidanceTrace  # noqa: E402
+from dng_core import (DNGConfig, DNGRun, Parametrisation, PosteriorConfig, PosteriorTracker,  # noqa: E402
+                      combine_guidance, negative_prompting)
 
 DTYPE = torch.float64
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+VE = Parametrisation.VARIANCE_EXPLODING
+FLOW = Parametrisation.RECTIFIED_FLOW
+
+
+def state_coefficients(sigma: float, parametrisation: Parametrisation = VE) -> tuple[float, float]:
+    """(alpha, s) of the state x = alpha x0 + s eps at noise level ``sigma`` (VE: (1, sigma); flow: (1 - t, t))."""
+    alpha, s, _ = Parametrisation(parametrisation).coefficients(torch.tensor(float(sigma), dtype=DTYPE))
+    return float(alpha), float(s)
 
 
 @dataclass(frozen=True)
@@ -69,35 +86,41 @@ class GaussianMixture:
         w = self.weights[idx]
         return GaussianMixture(self.means[idx], self.stds[idx], w / w.sum())
 
-    def log_resp(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """log w_k(x, sigma), shape [N, K] (exact; sigma = 0 gives the data responsibilities)."""
-        var = self.stds ** 2 + float(sigma) ** 2  # [K]
+    def log_resp(self, x: torch.Tensor, sigma: float, alpha: float = 1.0) -> torch.Tensor:
+        """log w_k(x, sigma), shape [N, K] (exact; sigma = 0 gives the data responsibilities).
+
+        x = alpha x0 + sigma eps (alpha = 1: the VE state): component k's marginal is N(alpha m_k, var_k I)."""
+        var = alpha ** 2 * self.stds ** 2 + float(sigma) ** 2  # [K]
         # log pi_k N(x; m_k, var_k I) = x.(m_k / var_k) - |x|^2 / (2 var_k) + const_k: one matrix product instead
         # of broadcasting [N, K, d] (an order of magnitude faster for d = 1, 2).
-        const = torch.log(self.weights) - 0.5 * (self.means ** 2).sum(1) / var \
+        means = alpha * self.means
+        const = torch.log(self.weights) - 0.5 * (means ** 2).sum(1) / var \
             - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        logp = torch.addmm(const[None], x, (self.means / var[:, None]).T)
+        logp = torch.addmm(const[None], x, (means / var[:, None]).T)
         logp -= (x * x).sum(1, keepdim=True) * (0.5 / var)[None]
         return logp - torch.logsumexp(logp, dim=1, keepdim=True)
 
-    def shrink(self, sigma: float) -> torch.Tensor:
-        """c_k = s_k^2 / (s_k^2 + sigma^2): E[x0 | x, k] = m_k + c_k (x - m_k). Shape [K]."""
+    def shrink(self, sigma: float, alpha: float = 1.0) -> torch.Tensor:
+        """c_k = s_k^2 / (s_k^2 + sigma^2): E[x0 | x, k] = m_k + c_k (x - m_k). Shape [K].
+
+        State x = alpha x0 + sigma eps: c_k = alpha s_k^2 / (alpha^2 s_k^2 + sigma^2), E = m_k + c_k (x - alpha m_k).
+        """
         var = self.stds ** 2
-        return var / (var + float(sigma) ** 2)
+        return alpha * var / (alpha ** 2 * var + float(sigma) ** 2)
 
-    def component_denoiser(self, x: torch.Tensor, sigma: float, k: int) -> torch.Tensor:
+    def component_denoiser(self, x: torch.Tensor, sigma: float, k: int, alpha: float = 1.0) -> torch.Tensor:
         """E[x0 | x, component k]: [N, d]."""
-        c = self.shrink(sigma)[k]
-        return self.means[k][None] + c * (x - self.means[k][None])
+        c = self.shrink(sigma, alpha)[k]
+        return self.means[k][None] + c * (x - alpha * self.means[k][None])
 
-    def denoiser(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def denoiser(self, x: torch.Tensor, sigma: float, alpha: float = 1.0) -> torch.Tensor:
         """The exact denoiser D(x, sigma) = E[x0 | x] of the whole mixture: [N, d].
 
-        sum_k w_k (m_k + c_k (x - m_k)) = (w (1 - c)) @ m + (w @ c) x.
+        sum_k w_k (m_k + c_k (x - alpha m_k)) = (w (1 - alpha c)) @ m + (w @ c) x.
         """
-        w = self.log_resp(x, sigma).exp()
-        c = self.shrink(sigma)
-        return w @ ((1.0 - c)[:, None] * self.means) + (w @ c)[:, None] * x
+        w = self.log_resp(x, sigma, alpha).exp()
+        c = self.shrink(sigma, alpha)
+        return w @ ((1.0 - alpha * c)[:, None] * self.means) + (w @ c)[:, None] * x
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n exact samples of the data distribution and their component labels."""
@@ -138,15 +161,18 @@ class Toy:
         """pi_removed: the posterior of c- before any evidence (x at sigma_max says nothing)."""
         return float(self.mixture.weights[self.removed])
 
-    def predict(self, x: torch.Tensor, sigma: float, complement: bool = False) -> "Predictions":
+    def predict(self, x: torch.Tensor, sigma: float, complement: bool = False,
+                parametrisation: Parametrisation = VE) -> "Predictions":
         """Every exact quantity at (x, sigma) from one evaluation of the responsibilities.
 
-        D_comp and log p / (1 - p) only with ``complement`` (they cost a little).
+        D_comp and log p / (1 - p) only with ``complement`` (they cost a little). ``parametrisation``: the state
+        x and sigma are in (VE: x = x0 + sigma eps; flow: x = (1 - t) x0 + t eps, sigma = t).
         """
         mix = self.mixture
-        lr = mix.log_resp(x, sigma)
-        c = mix.shrink(sigma)
-        offsets = (1.0 - c)[:, None] * mix.means  # D_k = offsets_k + c_k x
+        alpha, s = state_coefficients(sigma, parametrisation)
+        lr = mix.log_resp(x, s, alpha)
+        c = mix.shrink(s, alpha)
+        offsets = (1.0 - alpha * c)[:, None] * mix.means  # D_k = offsets_k + c_k x
         w = lr.exp()
         d_u = w @ offsets + (w @ c)[:, None] * x
         d_neg = offsets[self.removed][None] + c[self.removed] * x
@@ -159,9 +185,10 @@ class Toy:
         d_comp = (w @ (kept[:, None] * offsets) + (w @ (kept * c))[:, None] * x) / rest[:, None]
         return Predictions(d_u, d_neg, d_comp, log_p, log_p - torch.log(rest))
 
-    def exact_log_posterior(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def exact_log_posterior(self, x: torch.Tensor, sigma: float, parametrisation: Parametrisation = VE) -> torch.Tensor:
         """log p_sigma(c- | x) = log w_removed(x, sigma): [N]."""
-        return self.mixture.log_resp(x, sigma)[:, self.removed]
+        alpha, s = state_coefficients(sigma, parametrisation)
+        return self.mixture.log_resp(x, s, alpha)[:, self.removed]
 
 
 @dataclass
@@ -192,6 +219,22 @@ TOY_2D = Toy(
 
 # ---- schedule and sampler -------------------------------------------------------------------------------------
 
+FLOW_SHIFT = 3.0  # SD3's (comfy/supported_models.py); Flux's resolution-dependent shift is ~3 at 1024^2
+
+
+def flow_sigmas(steps: int, shift: float = FLOW_SHIFT, timesteps: int = 1000) -> torch.Tensor:
+    """ComfyUI's ``simple`` scheduler on a flow model (ModelSamplingDiscreteFlow, multiplier 1000): the table
+    t_j = shift u / (1 + (shift - 1) u), u = j / 1000 (j = 1..1000), read from t = 1 down every 1000 / steps
+    entries, then 0 (float64 here; ComfyUI's table is float32). Starts at t = 1 exactly (pure noise)."""
+    if not 1 <= steps <= timesteps:  # more steps than table entries would repeat a t (a zero step)
+        raise ValueError(f"the simple schedule has 1 to {timesteps} steps, got {steps}")
+    u = torch.arange(1, timesteps + 1, dtype=DTYPE) / timesteps
+    table = u if shift == 1.0 else shift * u / (1 + (shift - 1) * u)
+    stride = timesteps / steps
+    sig = [float(table[-(1 + int(i * stride))]) for i in range(steps)]
+    return torch.tensor(sig + [0.0], dtype=DTYPE)
+
+
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """ComfyUI's / k-diffusion's Karras schedule: n sigmas from sigma_max to sigma_min, then 0 (n steps)."""
     ramp = torch.linspace(0, 1, n, dtype=DTYPE)
@@ -211,14 +254,63 @@ def ancestral_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_
     return r * x + (1.0 - r) * denoised + math.sqrt(var) * z
 
 
+def flow_ancestral_step(x: torch.Tensor, denoised: torch.Tensor, t: float, t_next: float,
+                        generator: torch.Generator) -> torch.Tensor:
+    """ComfyUI's sample_euler_ancestral_RF (what euler_ancestral runs for CONST models), eta = 1, s_noise = 1.
+
+    An euler step to t_down = t'^2 / t, then the state rescaled by (1 - t') / (1 - t_down) and renoised to t'.
+    In the VE view (x / (1 - t)) it is a DDIM step with its own eta, *not* the DDPM reverse kernel that
+    dng_core's kernel estimator assumes: that kernel would step to sigma_ve'^2 / sigma_ve instead.
+    """
+    if t_next == 0.0:
+        return denoised.clone()
+    t_down = t_next * (t_next / t)  # downstep_ratio = 1 + (t' / t - 1) eta
+    alpha_next, alpha_down = 1.0 - t_next, 1.0 - t_down
+    renoise = math.sqrt(t_next ** 2 - t_down ** 2 * alpha_next ** 2 / alpha_down ** 2)
+    ratio = t_down / t
+    x = ratio * x + (1.0 - ratio) * denoised
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return (alpha_next / alpha_down) * x + renoise * z
+
+
+def flow_euler_step(x: torch.Tensor, denoised: torch.Tensor, t: float, t_next: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """ComfyUI's euler on a flow model: x' = x + (t' - t) (x - D) / t (deterministic; ``generator`` unused)."""
+    if t_next == 0.0:
+        return denoised.clone()
+    return x + (t_next - t) * (x - denoised) / t
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, float, float, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One step rule, the state it runs in and whether it injects noise (DNGRun's ``stochastic_sampler``)."""
+
+    name: str
+    step: StepFn
+    parametrisation: Parametrisation
+    stochastic: bool
+
+
+EULER_ANCESTRAL = Sampler("euler_ancestral", ancestral_step, VE, True)
+FLOW_EULER_ANCESTRAL = Sampler("euler_ancestral_RF", flow_ancestral_step, FLOW, True)
+FLOW_EULER = Sampler("euler_flow", flow_euler_step, FLOW, False)
+
+
 def sample_ancestral(denoise: Denoiser, n: int, dim: int, sigmas: torch.Tensor, generator: torch.Generator,
-                     on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Run euler_ancestral from x = sigma_max * z (ComfyUI's start) with the given denoiser; returns x at sigma 0."""
+                     on_step: Callable[[int, torch.Tensor], None] | None = None,
+                     step: StepFn = ancestral_step) -> torch.Tensor:
+    """Run euler_ancestral from x = sigma_max * z (ComfyUI's start) with the given denoiser; returns x at sigma 0.
+
+    ``step``: another update rule (``Sampler.step``). The start is the same for flow models: ComfyUI's CONST
+    noise scaling is t z + (1 - t) latent, t z for an empty latent."""
     sig = [float(s) for s in sigmas]
     x = sig[0] * torch.randn(n, dim, generator=generator, dtype=DTYPE)
     for i in range(len(sig) - 1):
         d = denoise(x, sig[i])
-        x = ancestral_step(x, d, sig[i], sig[i + 1], generator)
+        x = step(x, d, sig[i], sig[i + 1], generator)
         if on_step is not None:
             on_step(i, x)
     return x
@@ -232,18 +324,28 @@ class MethodResult:
     extra: dict
 
 
-def run_cfg_complement(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator) -> MethodResult:
-    """(a) CFG towards the complement with scale 1: D = D_u + 1 (D_comp - D_u) = D_comp, the target's denoiser."""
+def _sample(toy: Toy, denoise: Denoiser, n: int, sigmas: torch.Tensor, generator: torch.Generator,
+            sampler: Sampler) -> torch.Tensor:
+    return sample_ancestral(denoise, n, toy.mixture.dim, sigmas, generator, step=sampler.step)
+
+
+def run_cfg_complement(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator, *,
+                       sampler: Sampler = EULER_ANCESTRAL) -> MethodResult:
+    """(a) CFG towards the complement with scale 1: D = D_u + 1 (D_comp - D_u) = D_comp, the target's denoiser.
+
+    ``sampler`` (every run_* function): the step rule and the state the sigmas are in (default: VE
+    euler_ancestral)."""
 
     def denoise(x, s):
-        pred = toy.predict(x, s, complement=True)
+        pred = toy.predict(x, s, complement=True, parametrisation=sampler.parametrisation)
         return pred.d_uncond + 1.0 * (pred.d_comp - pred.d_uncond)
 
-    return MethodResult(sample_ancestral(denoise, n, toy.mixture.dim, sigmas, generator), {})
+    return MethodResult(_sample(toy, denoise, n, sigmas, generator, sampler), {})
 
 
 def run_dng_exact(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator,
-                  lambda0: float = 1.0, max_log_odds: float = 30.0) -> MethodResult:
+                  lambda0: float = 1.0, max_log_odds: float = 30.0, *,
+                  sampler: Sampler = EULER_ANCESTRAL) -> MethodResult:
     """(b) DNG (dng_core.combine_guidance) with the exact posterior p = w_removed(x, sigma).
 
     lambda = lambda0 p / (1 - p) is computed from the exact log odds, capped at exp(max_log_odds): past ~1e13 the
@@ -253,23 +355,24 @@ def run_dng_exact(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Gener
     capped = [0]
 
     def denoise(x, s):
-        pred = toy.predict(x, s, complement=True)
+        pred = toy.predict(x, s, complement=True, parametrisation=sampler.parametrisation)
         capped[0] += int((pred.log_odds > max_log_odds).sum())
         lam = lambda0 * pred.log_odds.clamp(max=max_log_odds).exp()
         return combine_guidance(pred.d_uncond, None, [pred.d_neg], lam[None], 0.0)
 
-    out = sample_ancestral(denoise, n, toy.mixture.dim, sigmas, generator)
+    out = _sample(toy, denoise, n, sigmas, generator, sampler)
     return MethodResult(out, {"capped_evaluations": capped[0]})
 
 
-def run_np(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator, scale: float = 1.0) -> MethodResult:
+def run_np(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator, scale: float = 1.0, *,
+           sampler: Sampler = EULER_ANCESTRAL) -> MethodResult:
     """(d) Negative prompting with a constant scale (dng_core.negative_prompting): D = D_u - scale (D_neg - D_u)."""
 
     def denoise(x, s):
-        pred = toy.predict(x, s)
+        pred = toy.predict(x, s, parametrisation=sampler.parametrisation)
         return negative_prompting(pred.d_uncond, None, [pred.d_neg], scale, 0.0)
 
-    return MethodResult(sample_ancestral(denoise, n, toy.mixture.dim, sigmas, generator), {"scale": scale})
+    return MethodResult(_sample(toy, denoise, n, sigmas, generator, sampler), {"scale": scale})
 
 
 # Settings of the tracked run (c); see test_fig1.py for why the prior is 0.5 rather than pi_removed.
@@ -279,29 +382,61 @@ TRACKED_P_MIN = 1e-12
 
 
 def dng_tracked_config(prior: float = TRACKED_PRIOR, lambda0: float = 1.0, temperature: float = 1.0,
-                       offset: float = 0.0, p_min: float = TRACKED_P_MIN, p_max: float = TRACKED_P_MAX) -> DNGConfig:
+                       offset: float = 0.0, p_min: float = TRACKED_P_MIN, p_max: float = TRACKED_P_MAX,
+                       variance: str = PAPER["variance"]) -> DNGConfig:
+    """Algorithm 2 (the paper form) with these settings; ``variance``: the estimator ("kernel": the paper's)."""
     return DNGConfig(lambda0=lambda0, posterior=PosteriorConfig(prior=prior, temperature=temperature,
                                                                 offset=offset, p_min=p_min, p_max=p_max,
-                                                                **PAPER))
+                                                                **{**PAPER, "variance": variance}))
 
 
 def run_dng_tracked(toy: Toy, n: int, sigmas: torch.Tensor, generator: torch.Generator,
-                    config: DNGConfig | None = None) -> MethodResult:
+                    config: DNGConfig | None = None, *, sampler: Sampler = EULER_ANCESTRAL) -> MethodResult:
     """(c) DNG with the tracked posterior: dng_core.DNGRun drives the sampler, as the ComfyUI hook does.
 
-    Every step: D = run.guide(x, sigma, D_u, None, [D_neg], 0), then the ancestral step; run.finish(x) at the end.
+    Every step: D = run.guide(x, sigma, D_u, None, [D_neg], 0), then the sampler's step; run.finish(x) at the end.
+    DNGRun gets the sampler's parametrisation and ``stochastic_sampler``; where its estimator needs a divergence
+    probe (path), guide() gets one: the exact predictions at the probe point.
+    ``extra["posterior_error"]``: mean |p_tracked - p_exact| at the last sigma > 0 (the exact posterior at the
+    run's own, guided samples), and the fraction on the same side of 0.5 (``posterior_side_agreement``);
+    ``extra["posterior_error_along_path"]``: the same averaged over every step of the run, on the samples the
+    trace keeps (its first ``max_batch``, 64). One model call per step here, so trace step i is call i.
     """
     config = config or dng_tracked_config()
-    run = DNGRun(config, sigmas)
+    param = sampler.parametrisation
+    run = DNGRun(config, sigmas, parametrisation=param, stochastic_sampler=sampler.stochastic)
+    last: list = [None, 0.0]  # x and sigma of the last call with sigma > 0
+    heads: list[tuple[torch.Tensor, float]] = []  # the traced samples' x and sigma at every call
 
     def denoise(x, s):
-        pred = toy.predict(x, s)
-        return run.guide(x, s, pred.d_uncond, None, [pred.d_neg], 0.0)
+        pred = toy.predict(x, s, parametrisation=param)
+        last[:] = [x, s]
+        heads.append((x[:GuidanceTrace.max_batch], s))
 
-    out = sample_ancestral(denoise, n, toy.mixture.dim, sigmas, generator)
+        def probe(x_probe: torch.Tensor):
+            at = toy.predict(x_probe, s, parametrisation=param)
+            return at.d_uncond, [at.d_neg]
+        return run.guide(x, s, pred.d_uncond, None, [pred.d_neg], 0.0, probe=probe if run.needs_probe else None)
+
+    out = _sample(toy, denoise, n, sigmas, generator, sampler)
     run.finish(out)
-    return MethodResult(out, {"posterior_updates": run.posterior_updates, "final_p": run.final_posterior()[0],
-                              "trace_steps": run.trace.step_indices(), "config": config.as_dict()})
+    final_p = run.final_posterior()[0]  # the last step, to sigma = 0, carries no evidence: p at ``last``
+    exact = toy.exact_log_posterior(last[0], last[1], param).exp()
+    traced = run.trace.series("p")[:, 0]  # [steps, min(n, max_batch)]
+    exact_traced = torch.stack([toy.exact_log_posterior(xh, sh, param).exp()[:traced.shape[1]] for xh, sh in heads])
+    return MethodResult(out, {"posterior_updates": run.posterior_updates, "final_p": final_p,
+                              "trace_steps": run.trace.step_indices(), "config": config.as_dict(),
+                              "estimator": run.config.posterior.variance.value,
+                              "posterior_error": float((final_p - exact).abs().mean()),
+                              "posterior_side_agreement": float(((final_p > 0.5) == (exact > 0.5)).double().mean()),
+                              "posterior_error_along_path": float((traced - exact_traced).abs().mean()),
+                              "probe_calls": run.probe_calls})
+
+
+def unguided_tracking_config(toy: Toy, variance: str) -> DNGConfig:
+    """The tracked posterior's own accuracy: lambda0 = 0 (D = D_u, unguided paths), prior pi_removed (the exact
+    posterior at sigma_max), tau 1, delta 0, no effective clamp. run_dng_tracked with it: ``posterior_error``."""
+    return dng_tracked_config(prior=toy.prior, lambda0=0.0, p_min=1e-300, p_max=1 - 1e-15, variance=variance)
 
 
 def exact_transition_log_pdf(mixture: GaussianMixture, x: torch.Tensor, x_next: torch.Tensor, sigma: float,
@@ -426,6 +561,18 @@ def fig1_sigmas(steps: int = STEPS) -> torch.Tensor:
     return karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
 
 
+def sampler_sigmas(sampler: Sampler, steps: int = STEPS) -> torch.Tensor:
+    """The schedule of the Fig. 1 runs in the sampler's state: VE Karras 80 -> 1e-3 (``fig1_sigmas``), or the
+    flow ``simple`` schedule from t = 1 (``flow_sigmas``)."""
+    return fig1_sigmas(steps) if sampler.parametrisation is VE else flow_sigmas(steps)
+
+
+def tracked_method(variance: str) -> str:
+    """The name of the tracked run with this estimator in Fig1Result: "dng_tracked" (kernel) or
+    "dng_tracked_<variance>"."""
+    return "dng_tracked" if variance == PAPER["variance"] else f"dng_tracked_{variance}"
+
+
 @dataclass
 class Fig1Result:
     toy: Toy
@@ -435,6 +582,7 @@ class Fig1Result:
     floor: list[float]  # distances between independent exact target samples of size n
     samples: dict[str, torch.Tensor]
     extra: dict[str, dict]
+    sampler: Sampler = EULER_ANCESTRAL
 
     @property
     def floor_mean(self) -> float:
@@ -450,14 +598,39 @@ class Fig1Result:
         return kept_relative_weights(self.toy, self.samples[method])
 
 
+def fig1_summary(res: Fig1Result) -> dict:
+    """The figures of one Fig1Result as plain numbers (for the flow test's report and benchmarks/flow_fig1.py):
+    distances and their size in noise floors, removed-mode mass and kept weights per method, and for every
+    tracked run its estimator and posterior errors (run_dng_tracked's extras)."""
+    toy = res.toy
+    return {
+        "toy": toy.name, "sampler": res.sampler.name, "parametrisation": res.sampler.parametrisation.value,
+        "n": res.n, "steps": res.steps, "noise_floor": res.floor_mean, "noise_floor_pairs": res.floor,
+        "distance": {m: res.distance(m) for m in res.samples},
+        "distance_in_floors": {m: res.distance(m) / res.floor_mean for m in res.samples},
+        "removed_mode_mass": {m: res.forbidden_mass(m) for m in res.samples},
+        "removed_mode_mass_exact_target_sample": float(mode_fractions(toy.mixture, res.reference)[toy.removed]),
+        "kept_relative_weights": {m: res.kept_weights(m).tolist() for m in res.samples},
+        "target_kept_weights": toy.target.weights.tolist(),
+        "tracked": {m: {k: e[k] for k in ("estimator", "posterior_error", "posterior_side_agreement",
+                                         "posterior_error_along_path", "posterior_updates", "probe_calls")}
+                    for m, e in res.extra.items() if m.startswith("dng_tracked")},
+    }
+
+
 def run_fig1(toy: Toy, n: int = N_SAMPLES, steps: int = STEPS, seed: int = 0,
-             tracked_config: DNGConfig | None = None, progress: Callable[[str], None] | None = None) -> Fig1Result:
+             tracked_config: DNGConfig | None = None, progress: Callable[[str], None] | None = None, *,
+             sampler: Sampler = EULER_ANCESTRAL, tracked_variances: Sequence[str] = (PAPER["variance"],),
+             methods: Sequence[str] = ("cfg_complement", "dng_exact", "np")) -> Fig1Result:
     """The four methods of Fig. 1 on one toy, the exact reference sample and the noise floor.
 
     (a) cfg_complement and (b) dng_exact share one seed: they are the same sampler with algebraically equal
     denoisers, so their samples must coincide up to rounding. (c) and (d) get their own seeds.
+    ``sampler``: the step rule and state (schedule: ``sampler_sigmas``). ``tracked_variances``: one tracked run
+    (c) per estimator, all on one seed (``tracked_method`` names them; ``tracked_config`` with the variance
+    replaced). ``methods``: which of (a), (b), (d) to run.
     """
-    sigmas = fig1_sigmas(steps)
+    sigmas = sampler_sigmas(sampler, steps)
     say = progress or (lambda _msg: None)
     gen = lambda k: torch.Generator().manual_seed(1000 * seed + k)  # noqa: E731
     reference = toy.target.sample(n, gen(1))[0]
@@ -466,10 +639,16 @@ def run_fig1(toy: Toy, n: int = N_SAMPLES, steps: int = STEPS, seed: int = 0,
     extra: dict[str, dict] = {}
     for name, fn, k in (("cfg_complement", run_cfg_complement, 3), ("dng_exact", run_dng_exact, 3),
                         ("np", run_np, 4)):
+        if name not in methods:
+            continue
         say(f"{toy.name}: {name}")
-        res = fn(toy, n, sigmas, gen(k))
+        res = fn(toy, n, sigmas, gen(k), sampler=sampler)
         samples[name], extra[name] = res.samples, res.extra
-    say(f"{toy.name}: dng_tracked")
-    res = run_dng_tracked(toy, n, sigmas, gen(5), tracked_config)
-    samples["dng_tracked"], extra["dng_tracked"] = res.samples, res.extra
-    return Fig1Result(toy, n, steps, reference, floor, samples, extra)
+    base = tracked_config or dng_tracked_config()
+    for variance in tracked_variances:
+        name = tracked_method(variance)
+        say(f"{toy.name}: {name}")
+        config = replace(base, posterior=replace(base.posterior, variance=variance))
+        res = run_dng_tracked(toy, n, sigmas, gen(5), config, sampler=sampler)
+        samples[name], extra[name] = res.samples, res.extra
+    return Fig1Result(toy, n, steps, reference, floor, samples, extra, sampler)

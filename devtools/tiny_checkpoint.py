@@ -103,7 +103,7 @@ def _key_generator(seed: int, key: str):
 def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False, skip=None) -> dict:
     """Seeded random fp32 tensors for every parameter/buffer of ``module`` (which may live on 'meta').
 
-    Norm layers get weight 1 / bias 0, embeddings N(0, 0.02) (position embeddings 0.01), linear and conv
+    Norm layers (any class named *Norm*) get weight (or scale) 1 / bias 0, embeddings N(0, 0.02) (position embeddings 0.01), linear and conv
     weights N(0, gain/sqrt(fan_in)) with zero bias; anything else N(0, 0.02). Each tensor has its own generator
     (seeded by ``prefix + key``); ``skip`` (a compiled regex) leaves out the submodules whose name it matches.
     """
@@ -121,8 +121,9 @@ def _fill_module(module, seed: int, prefix: str = "", relu_gain: bool = False, s
                 continue
             shape = tuple(p.shape)
             g = _key_generator(seed, prefix + key)
-            if isinstance(mod, norm_types):
-                t = torch.ones(shape) if pname == "weight" else torch.zeros(shape)
+            # RMSNorm classes differ per host version and model (comfy.ops, comfy.rmsnorm, Flux's ``scale``)
+            if isinstance(mod, norm_types) or "Norm" in type(mod).__name__:
+                t = torch.ones(shape) if pname in ("weight", "scale") else torch.zeros(shape)
             elif isinstance(mod, torch.nn.Embedding):
                 std = 0.01 if "position" in key else 0.02
                 t = torch.randn(shape, generator=g) * std
@@ -278,7 +279,7 @@ def _file_lock(lock_path: Path):
 
 
 def _cached_build(path: Path, build, cli_flags: list[str], label: str, seed: int, in_process: bool | None,
-                  log) -> Path:
+                  log, module: str = "devtools.tiny_checkpoint") -> Path:
     """``path`` if it exists, else build it under a file lock: in this process if the host is already imported
     (or ``in_process``), otherwise in a subprocess (``python -m devtools.tiny_checkpoint``)."""
     if path.exists():
@@ -295,7 +296,7 @@ def _cached_build(path: Path, build, cli_flags: list[str], label: str, seed: int
 
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env.pop("PYTHONPATH", None)
-            cmd = [sys.executable, "-m", "devtools.tiny_checkpoint", *cli_flags, str(path), "--seed", str(seed)]
+            cmd = [sys.executable, "-m", module, *cli_flags, str(path), "--seed", str(seed)]
             r = subprocess.run(cmd, cwd=str(REPO_ROOT), env=env, capture_output=True, text=True)
             if r.returncode != 0 or not path.exists():
                 raise RuntimeError(f"building the {label} failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-5000:]}")

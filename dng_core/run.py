@@ -160,9 +160,11 @@ class GuidedRun(abc.ABC):
         self.aligner = StepAligner(schedule)
         self.continues: RunContinuation | None = None  # set by continue_from() before the first call
         self._step_offset = 0
-        self.params = params
-        self.concepts = concepts
         self.parametrisation = Parametrisation(parametrisation)
+        # the trace says which state the kernels assumed, so a user (and the host tests) can check it against
+        # the model's own model_sampling
+        self.params = {**params, "parametrisation": self.parametrisation.value}
+        self.concepts = concepts
         self.on_step = on_step
         self.trace: GuidanceTrace | None = None
         self.model_calls = 0

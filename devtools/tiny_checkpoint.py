@@ -406,23 +406,28 @@ def build_tiny_sdxl_checkpoint(path, seed: int = 0, log=print) -> Path:
     with finite text-encoder outputs, and return it."""
     path = Path(path)
     sd = build_sdxl_state_dict(seed=seed, log=log)
+    metadata = {"dng.tiny_checkpoint": json.dumps({"seed": seed, "builder": SDXL_BUILDER_VERSION, "model": "sdxl",
+                                                   "host": host_version()})}
+    return write_checked(sd, path, metadata, _check_sdxl_checkpoint, "tiny_checkpoint[sdxl]", log)
+
+
+def write_checked(sd: dict, path: Path, metadata: dict, check, label: str, log=print) -> Path:
+    """Save ``sd`` to a temporary file next to ``path``, run ``check(tmp, log)`` on it (raising on a bad build)
+    and only then move it to ``path``: a failed or interrupted build never leaves a cache entry behind."""
     import comfy.utils
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")  # the loader goes by the extension
-    metadata = {"dng.tiny_checkpoint": json.dumps({"seed": seed, "builder": SDXL_BUILDER_VERSION, "model": "sdxl",
-                                                   "host": host_version()})}
     t0 = time.perf_counter()
     comfy.utils.save_torch_file(sd, str(tmp), metadata=metadata)
-    del sd
     try:
-        _check_sdxl_checkpoint(tmp, log)
+        check(tmp, log)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-    log(f"tiny_checkpoint[sdxl]: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in "
+    log(f"{label}: wrote {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in "
         f"{time.perf_counter() - t0:.1f} s (incl. load check)")
     return path
 

@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .tiny_checkpoint import (CACHE_DIR, TINY_SDXL_UNET_CONFIG, TINY_UNET_CONFIG, _cached_build, _fill_module,
-                              _key_generator, host_version)
+                              _key_generator, host_version, write_checked)
 
 # Bump when a family's builder output changes (part of the cache key).
 FAMILY_BUILDER_VERSION = 1
@@ -58,8 +57,8 @@ class TinyFamily:
     markers: tuple[str, ...] = ()                     # marker keys of the checkpoint format (SDXL v-pred: v_pred)
     latent: tuple[str, dict] = ("EmptyLatentImage", {})  # the host's empty-latent node and its extra inputs
     stands_for: str = ""
-    # where a host version fixes a width the shrunk config does not have (0.3.75 fixes Flux at 24 heads of 128
-    # channels), the smallest config it accepts instead
+    # where a host version cannot build the shrunk config (0.3.75 fixes Flux at 24 heads of 128 channels and
+    # knows no txt_ids_dims), the smallest config it accepts instead
     fallback_config: dict | None = None
 
     @property
@@ -90,7 +89,7 @@ FAMILIES: dict[str, TinyFamily] = {f.id: f for f in [
         stands_for="SD3 / SD3.5 (MMDiT)"),
     TinyFamily("flux", "Flux", "FLUX", {
         "image_model": "flux", "guidance_embed": True, "axes_dim": [16, 56, 56], "num_heads": 1, "mlp_ratio": 4.0,
-        "theta": 10000, "out_channels": 16, "qkv_bias": True, "in_channels": 16,
+        "theta": 10000, "out_channels": 16, "qkv_bias": True, "txt_ids_dims": [], "in_channels": 16,
         "hidden_size": 128, "context_in_dim": 4096, "patch_size": 2, "vec_in_dim": 768, "depth": 1,
         "depth_single_blocks": 1},
         "final_layer.linear", (32, 4096), pooled=768, cond_extras={"guidance": 3.5},
@@ -160,7 +159,11 @@ def _host_config(f: TinyFamily, markers: dict):
         if unet_config is None:
             continue
         guess = getattr(comfy.supported_models, f.config_class)(dict(unet_config))
-        meta_sd = dict(guess.get_model(markers, "", device="meta").diffusion_model.state_dict())
+        try:  # config keys differ between host versions (0.33's Flux requires txt_ids_dims, 0.3.75's rejects it)
+            meta_sd = dict(guess.get_model(markers, "", device="meta").diffusion_model.state_dict())
+        except (ValueError, TypeError, AssertionError) as e:
+            errors.append(f"{e}")
+            continue
         meta_sd.update({k: torch.empty(0, device="meta") for k in markers})
         config = comfy.model_detection.model_config_from_unet(meta_sd, "")
         if config is None or type(config).__name__ != f.config_class:
@@ -267,25 +270,10 @@ def build_family_file(path, family: TinyFamily | str, seed: int = 0, log=print) 
     f = FAMILIES[family] if isinstance(family, str) else family
     path = Path(path)
     sd = build_family_state_dict(f, seed, log)  # imports the host
-    import comfy.utils
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")  # the loader goes by the extension
     meta = {"dng.tiny_family": json.dumps({"family": f.id, "seed": seed, "builder": FAMILY_BUILDER_VERSION,
                                            "host": host_version()})}
-    t0 = time.perf_counter()
-    comfy.utils.save_torch_file(sd, str(tmp), metadata=meta)
-    del sd
-    try:
-        check_family_file(tmp, f, log)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    log(f"tiny_families[{f.id}]: wrote {path.name} ({path.stat().st_size / 2**20:.1f} MiB) in "
-        f"{time.perf_counter() - t0:.1f} s (incl. load check)")
-    return path
+    return write_checked(sd, path, meta, lambda tmp, log: check_family_file(tmp, f, log), f"tiny_families[{f.id}]",
+                         log)
 
 
 def get_family_file(family: TinyFamily | str, seed: int = 0, *, in_process: bool | None = None, log=print) -> Path:

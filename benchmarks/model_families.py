@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from devtools.tiny_families import ForwardRows  # noqa: E402  (stdlib-only at import)
+
 RESULTS = ROOT / "benchmarks" / "results"
 SEED = 3
 
@@ -70,24 +72,6 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     m = statistics.fmean(xs)
     se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
     return m, se
-
-
-class CallCounter:
-    """Forward pre-hook on the diffusion model: rows of every call (the patch and the guider share it)."""
-
-    def __init__(self, module):
-        self.rows: list[int] = []
-        self._handle = module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.rows.append(int(args[0].shape[0]))
-
-    def take(self) -> list[int]:
-        rows, self.rows = self.rows, []
-        return rows
-
-    def close(self):
-        self._handle.remove()
 
 
 def _setup():
@@ -125,7 +109,7 @@ def part_families(families: list[str]) -> list[dict]:
         runner.run(TF.family_prompt(f, name, "plain", seed=SEED), check=True)
         plain = runner.output_of("5")[0][0]["samples"].clone()
         model = runner.output_of("1")[0][0]
-        counter = CallCounter(model.model.diffusion_model)
+        counter = ForwardRows(model.model.diffusion_model)
         runner.run(TF.family_prompt(f, name, "plain", seed=SEED), check=True)  # cached: no calls
         runner.run(TF.family_prompt(f, name, "plain", seed=SEED + 1), check=True)
         plain_rows = counter.take()
@@ -189,7 +173,7 @@ def part_cost_cfg1(repeats: int) -> list[dict]:
             runner.run(prompt("plain", 0), check=True)  # warm-up: model load
             runner.run(prompt("patch", 0), check=True)
             model = runner.output_of("1")[0][0]
-            counter = CallCounter(model.model.diffusion_model)
+            counter = ForwardRows(model.model.diffusion_model)
             for i in range(repeats):
                 for wiring in ("plain", "patch") if i % 2 == 0 else ("patch", "plain"):
                     counter.take()

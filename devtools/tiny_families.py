@@ -325,6 +325,25 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+class ForwardRows:
+    """Records the batch rows of every call of a diffusion model (a forward pre-hook): a patched clone and the
+    guider share the loaded model's module, so this sees what the host sends through it, split or not."""
+
+    def __init__(self, module):
+        self.rows: list[int] = []
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.rows.append(int(args[0].shape[0]))
+
+    def take(self) -> list[int]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sampling graphs for the tiny families (in-process host tests and benchmarks/model_families.py)
 

@@ -117,8 +117,17 @@ def test_family_patch_and_guider(prompt_runner, family_nodes, family, family_bui
     diff = float((_latent(prompt_runner) - plain).abs().max()) / scale
     assert diff <= REL_TOL, f"lambda0 = 0 differs from plain sampling by {diff:.3g} of max|latent| {scale:.3g}"
 
-    _run(prompt_runner, TF.family_prompt(f, name, "patch", seed=3, dng=dng, negative=NEGATIVES))
+    rows = TF.ForwardRows(model.model.diffusion_model)
+    try:
+        _run(prompt_runner, TF.family_prompt(f, name, "patch", seed=3, dng=dng, negative=NEGATIVES))
+    finally:
+        rows.close()
     patched = _check_run(prompt_runner, f)
+    # one batched [positive, negative, empty] call per step (the host did not split it: there is memory to
+    # spare here), then the path estimator's [empty, negative] probe where the state is informative
+    calls = rows.take()
+    assert calls[0] == 6 and calls.count(6) == STEPS and calls.count(4) == patched["probe_calls"], calls
+    assert len(calls) == STEPS + patched["probe_calls"]
     patched_latent = _latent(prompt_runner).clone()
     _run(prompt_runner, TF.family_prompt(f, name, "guider", seed=3, dng=dng, negative=NEGATIVES))
     guided = _check_run(prompt_runner, f)
@@ -129,3 +138,29 @@ def test_family_patch_and_guider(prompt_runner, family_nodes, family, family_bui
           f"updates={zero['updates']} lambda0=0 max|diff|/max|latent|={diff:.2e} (max|latent| {scale:.3g}) build/cache {family_build_times[f.id]:.1f} s; "
           f"patch p_last={patched['p_last']} calls={patched['model_calls']}+{patched['probe_calls']} probes; "
           f"guider p_last={guided['p_last']} guider-patch {guider_vs_patch:.2e}")
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"], indirect=True)
+@pytest.mark.parametrize("sampler,variance,per_step", [("lcm", "auto", 3), ("euler", "kernel", 3),
+                                                       ("euler", "path", 5)])
+def test_cost_at_cfg_one(prompt_runner, family_nodes, family, sampler, variance, per_step):
+    """Distilled / few-step use at cfg 1: plain sampling makes one prediction a step (the host skips the
+    negative), DNG still acts and makes three, five with the path estimator's probe (none at a flow model's
+    t = 1)."""
+    f, name = family
+    dng = {**dng_node_defaults(), "posterior_variance": variance}
+    common = dict(sampler=sampler, scheduler="sgm_uniform", cfg=1.0, batch_size=1, seed=7)
+    _run(prompt_runner, TF.family_prompt(f, name, "plain", **common))
+    rows = TF.ForwardRows(prompt_runner.output_of("1")[0][0].model.diffusion_model)
+    try:
+        _run(prompt_runner, TF.family_prompt(f, name, "plain", **{**common, "seed": 8}))
+        plain = rows.take()
+        _run(prompt_runner, TF.family_prompt(f, name, "patch", dng=dng, **common))
+        guided = rows.take()
+    finally:
+        rows.close()
+    trace = _trace(prompt_runner)
+    assert plain == [1] * STEPS
+    expected = per_step * STEPS - (2 if f.flow and per_step == 5 else 0)
+    assert sum(guided) == expected, guided
+    assert trace.state_updates == STEPS and trace.steps[-1].scale is not None

@@ -357,9 +357,53 @@ def reference_demo() -> WorkflowSpec:
         notes=[Note(note, (340, 420))], thumbnail=["3", "10", "11", "13", "23"])
 
 
+def reference_concepts() -> WorkflowSpec:
+    p = {
+        "1": _node("DNGReferenceModelLoader", "Load DNG Reference Model (digits)", model_name="digits8"),
+        "2": _node("DNGDigitConditioning", "Empty label (unconditional)", digit="empty (unconditional)"),
+        "3": _node("DNGDigitConditioning", "Negative = concept 1: the digit 0", digit="0"),
+        "40": _node("DNGDigitConditioning", "Concept 2: the digit 3", digit="3"),
+        "41": _node("DNGDigitConditioning", "Concept 3: the digit 5", digit="5"),
+        "30": _node("DNGConcept", "DNG Concept (digit 3)", conditioning=["40", 0], lambda0=-1.0, label="digit 3"),
+        "31": _node("DNGConcept", "DNG Concept (digit 5)", conditioning=["41", 0], lambda0=-1.0, label="digit 5",
+                    concepts=["30", 0]),
+        "4": _node("DNGEmptyDigitLatent", "64 images", model=["1", 0], batch_size=64),
+        "10": _node("DynamicNegativeGuidance", "Dynamic Negative Guidance (3 concepts)", model=["1", 0],
+                    empty_conditioning=["2", 0], **REFERENCE_DNG, more_concepts=["31", 0]),
+        "11": _node("KSampler", "KSampler (DNG)", model=["10", 0], seed=2024, steps=30, cfg=1.0,
+                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["3", 0],
+                    latent_image=["4", 0], denoise=1.0),
+        "12": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["11", 0], columns=8, scale=8),
+        "13": _save(("12", 0), "dng_concepts_dng", "DNG: no 0, 3 or 5"),
+        "14": _plot(("10", 1), ("11", 0), "DNG: lambda_t and p_t per image and concept"),
+        "15": _save(("14", 0), "dng_concepts_guidance_plot", "Guidance plot"),
+        "21": _node("KSampler", "KSampler (plain, same seed)", model=["1", 0], seed=2024, steps=30, cfg=1.0,
+                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["2", 0],
+                    latent_image=["4", 0], denoise=1.0),
+        "22": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["21", 0], columns=8, scale=8),
+        "23": _save(("22", 0), "dng_concepts_plain", "Plain: all digits"),
+    }
+    note = ("Several concepts at once, on the pack's reference model (8x8 digits, shipped with the pack, so "
+            "nothing needs downloading): Dynamic Negative Guidance removes the digits 0, 3 and 5 from 64 "
+            "unconditional samples; plain samples of the same seed beside them.\n\nThe KSampler's negative stays the first concept; each DNG Concept node adds one more (chain "
+            "them into the DNG node's more_concepts). Every concept has its own posterior per image and its own "
+            "lambda0 (-1: the DNG node's), and all are predicted in one batched model call. With prune_concepts on, "
+            "a concept stops being predicted once its posterior has settled far below the prior for every image "
+            "(hollow grey markers in the plot).\n\nSettings: the node defaults.")
+    return WorkflowSpec(
+        "dng_reference_concepts", "Offline, on the reference digits model: three concepts (the digits 0, 3 and 5) "
+        "removed at once with DNG Concept nodes; plain samples beside.", p,
+        blocks=[Block(0, 0, [360], [["1"], ["note:0"]]), Block(380, 0, [400], [["2"], ["3"], ["40"], ["41"], ["4"]]),
+                Block(800, 0, [340], [["30"], ["31"]]),
+                Block(1160, 0, [360, 340, 320, 420], [["10", "11", "12", "13"], ["14", "21", "22", "23"],
+                                                      ["15", None, None, None]])],
+        sizes={"13": (400, 460), "23": (400, 460), "14": (340, 400), "15": (340, 300)},
+        notes=[Note(note, (340, 460))], thumbnail=["30", "31", "10", "11", "13", "23"])
+
+
 def specs() -> list[WorkflowSpec]:
     return [sd15_txt2img(), sdxl(), compare_methods(), unrelated_negative(), guider_custom_sampler(),
-            reference_demo()]
+            reference_demo(), reference_concepts()]
 
 
 def shipped() -> dict[str, Path]:

@@ -4,6 +4,7 @@ Modules, in the order data flows through one step:
     parametrisation  how the sampler state relates to x0 and noise; the Gaussian reverse kernel
     path             the path estimator: the change of log p along the sampler's path (a divergence probe)
     posterior        PosteriorTracker: p(c- | x_t) per step: kernel ratio (Algorithm 2) or path, rate form
+    pruning          ConceptPruner: stop predicting concepts whose posterior settled at the floor
     guidance         combine_guidance: D_u + s (D_pos - D_u) - sum_k lambda_k (D_neg_k - D_u)
     baselines        negative prompting and Safe Latent Diffusion over the same inputs
     run              DNGRun / NegativePromptRun / SLDRun: one sampling run, once-per-step state
@@ -20,6 +21,7 @@ from .history import TraceHistory, TraceLookup
 from .plotting import PlottingUnavailable, plot_message, plot_trace
 from .parametrisation import Parametrisation, ReverseKernel, reverse_kernel
 from .path import PathPoint, path_log_odds_change
+from .pruning import ConceptPruner, PruningPolicy
 from .posterior import (MAX_RATE, PAPER_MODE, PosteriorConfig, PosteriorForm, PosteriorTracker, PosteriorVariance,
                         compose_increment, guidance_scale, posterior_increment)
 from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, RunContinuation, SLDRun, StepAligner,
@@ -27,7 +29,7 @@ from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, 
 from .trace import GuidanceTrace, StepRecord
 
 __all__ = [
-    "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm", "compose_increment", "path_log_odds_change",
+    "ConceptPruner", "PruningPolicy", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm", "compose_increment", "path_log_odds_change",
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
     "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
     "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",

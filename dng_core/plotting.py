@@ -58,7 +58,8 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
     """Render ``trace`` to a uint8 array [height, width, 3].
 
     One subplot for the guidance scale and, for DNG, one for the posterior p_t; one curve per batch element
-    (and per concept when there are several). ``log_scale`` puts the y axes on a log scale (values <= 0 are
+    (and per concept when there are several, labelled with the trace's concept labels); steps at which a
+    concept was pruned (not predicted) carry hollow grey markers. ``log_scale`` puts the y axes on a log scale (values <= 0 are
     drawn at the axis floor). ``notice`` and the trace's own notes are written above the plot in red (e.g. "this
     is not the run that made your LATENT", "the guidance never ran").
     """
@@ -71,21 +72,35 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
     if p.size:
         panels.append(("p", p, "posterior p_t(c- | x_t)"))
 
+    labels = trace.concept_labels()
+    predicted = trace.predicted_series().numpy()  # [steps, concepts]; False where a concept was pruned
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (key, values, label) in zip(axes, panels):
         if values.size == 0:
             ax.text(0.5, 0.5, "no steps recorded", ha="center", va="center", transform=ax.transAxes)
         else:
             _, concepts, batch = values.shape
+            marked = False
             for k in range(concepts):
                 for b in range(batch):
-                    name = f"sample {b}" + (f", concept {k}" if concepts > 1 else "")
+                    name = f"sample {b}" + (f", {labels[k]}" if concepts > 1 else "")
                     y = values[:, k, b]
                     if log_scale:
                         y = np.where(y > 0, y, np.nan)
-                    ax.plot(steps, y, marker="o", markersize=2.5, linewidth=1.4, label=name)
+                    (line,) = ax.plot(steps, y, marker="o", markersize=2.5, linewidth=1.4, label=name)
+                    pruned = ~predicted[: len(steps), k] if predicted.shape[0] >= len(steps) else None
+                    if pruned is not None and pruned.any():
+                        # a pruned step: the concept was not predicted (p frozen, scale 0): hollow grey markers
+                        ax.plot(steps[pruned], y[pruned], linestyle="none", marker="o", markersize=5,
+                                markerfacecolor="none", markeredgecolor="#888888",
+                                label=None if marked else "pruned (not predicted)")
+                        marked = True
             if batch * concepts <= 8:
                 ax.legend(fontsize=7, loc="best")
+            elif marked:  # too many curves to name: say only what the hollow markers mean
+                handles, names = ax.get_legend_handles_labels()
+                keep = [i for i, n in enumerate(names) if n.startswith("pruned")]
+                ax.legend([handles[i] for i in keep], [names[i] for i in keep], fontsize=7, loc="best")
         if log_scale:
             ax.set_yscale("log")
         ax.set_ylabel(label, fontsize=8)

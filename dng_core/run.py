@@ -35,6 +35,7 @@ from .guidance import check_scale_args, combine_guidance
 from .parametrisation import Parametrisation
 from .path import PathPoint, divergence_difference, probe_direction, probe_offset
 from .posterior import PosteriorConfig, PosteriorTracker, guidance_scale
+from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
@@ -145,6 +146,8 @@ class _Candidate:
     state: Any
     scale: torch.Tensor
     p: torch.Tensor | None
+    predicted: list[bool] | None = None  # DNG with pruning: per concept, predicted at this step
+    settled: torch.Tensor | None = None  # [K, B]: images that no longer wanted the concept
 
 
 class GuidedRun(abc.ABC):
@@ -166,6 +169,7 @@ class GuidedRun(abc.ABC):
         self.params = {**params, "parametrisation": self.parametrisation.value}
         self.concepts = concepts
         self.on_step = on_step
+        self._prunes = False  # whether guide() may be given None for a concept (DNG with pruning)
         self.trace: GuidanceTrace | None = None
         self.model_calls = 0
         self.probe_calls = 0
@@ -207,15 +211,23 @@ class GuidedRun(abc.ABC):
         """Whether ``guide`` needs a ``probe`` (the path estimator's divergence probe) at a step's first call."""
         return False
 
+    def concepts_to_predict(self) -> list[bool]:
+        """Per concept, whether the host should predict it for the next model call; ``guide`` takes None for
+        the others. Every concept, unless the method prunes (DNG)."""
+        return [True] * self.concepts
+
     def guide(self, x: torch.Tensor, sigma: torch.Tensor | float, denoised_uncond: torch.Tensor,
               denoised_pos: torch.Tensor | None, denoised_negs: Sequence[torch.Tensor],
               cfg_scale: float, probe: Probe | None = None) -> torch.Tensor:
         """The guided prediction for one model call. x and all predictions: [B, ...]; sigma: scalar or [B].
 
-        ``probe``: where ``needs_probe``, a function giving the unguided predictions at another state of the
-        same sigma; called at most once per call, only at the first call of a step."""
+        ``denoised_negs``: one per concept, None for a concept ``concepts_to_predict`` left out. ``probe``:
+        where ``needs_probe``, a function giving the unguided predictions at another state of the same sigma
+        (None for the concepts left out); called at most once per call, only at the first call of a step."""
         if len(denoised_negs) != self.concepts:
             raise ValueError(f"expected {self.concepts} negative predictions, got {len(denoised_negs)}")
+        if all(d is None for d in denoised_negs) and not self._prunes:
+            raise ValueError("no negative prediction was given")
         # A Python float stays a Python float: torch.as_tensor would round it to float32.
         sig = float(sigma) if isinstance(sigma, (int, float)) else float(sigma.reshape(-1)[0])
         if self.trace is None:
@@ -285,7 +297,8 @@ class GuidedRun(abc.ABC):
         self._next_step = cand.step + 1
         self._commit(cand)
         self.steps_confirmed += 1
-        rec = self.trace.record(self._step_offset + cand.step, cand.sigma, cand.scale, cand.p)
+        rec = self.trace.record(self._step_offset + cand.step, cand.sigma, cand.scale, cand.p, cand.predicted,
+                                cand.settled)
         if rec is not None and self.on_step is not None:
             self.on_step(self, rec)
 
@@ -318,11 +331,11 @@ class _StepInputs:
     x: torch.Tensor
     sigma: float
     d_u: torch.Tensor
-    d_negs: list[torch.Tensor]
-    div_diffs: list[torch.Tensor] | None = None  # the path estimator's, per concept
+    d_negs: list[torch.Tensor | None]  # None: the concept was not predicted (pruned)
+    div_diffs: list[torch.Tensor | None] | None = None  # the path estimator's, per concept
 
     def path_point(self, k: int) -> PathPoint | None:
-        if self.div_diffs is None:
+        if self.div_diffs is None or self.d_negs[k] is None or self.div_diffs[k] is None:
             return None
         return PathPoint(self.x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
 
@@ -334,7 +347,12 @@ class DNGRun(GuidedRun):
 
     def __init__(self, config: DNGConfig, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
                  parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
-                 on_step: StepListener | None = None, stochastic_sampler: bool | None = None) -> None:
+                 on_step: StepListener | None = None, stochastic_sampler: bool | None = None,
+                 lambda0s: Sequence[float] | None = None, pruning: PruningPolicy | None = None,
+                 concept_labels: Sequence[str] | None = None) -> None:
+        """``lambda0s``: one lambda0 per concept (default: ``config.lambda0`` for all); ``pruning``: stop
+        predicting concepts that settled at the floor (dng_core.pruning; None: never); ``concept_labels``: names
+        for the trace and plots."""
         # posterior variance AUTO becomes the estimator for this run's sampler; the trace records both.
         requested = config.posterior.variance
         config = replace(config, posterior=config.posterior.resolved(stochastic_sampler))
@@ -342,8 +360,23 @@ class DNGRun(GuidedRun):
         if requested is not config.posterior.variance:
             params["variance_requested"] = requested.value
         params["stochastic_sampler"] = stochastic_sampler
+        lambda0s = [config.lambda0] * concepts if lambda0s is None else [float(v) for v in lambda0s]
+        if len(lambda0s) != concepts:
+            raise ValueError(f"lambda0s has {len(lambda0s)} values for {concepts} concepts")
+        for k, v in enumerate(lambda0s):
+            check_scale_args(f"lambda0 of concept {k + 1}", v, LAMBDA0_MAX)
+        if any(v != config.lambda0 for v in lambda0s):
+            params["lambda0s"] = lambda0s
+        if pruning is not None:
+            params.update(pruning.as_dict())
+        if concept_labels is not None:
+            params["concept_labels"] = [str(v) for v in concept_labels]
         super().__init__(schedule, params, concepts, parametrisation, on_step)
         self.config = config
+        self.lambda0s = torch.tensor(lambda0s, dtype=torch.float64).reshape(-1, 1)
+        self.pruning = pruning if pruning is not None and pruning.enabled else None
+        self._prunes = self.pruning is not None
+        self.pruner: ConceptPruner | None = None
         self.trackers: list[PosteriorTracker] = []
         self._confirmed_inputs: _StepInputs | None = None
         self._probe_generator = torch.Generator().manual_seed(PROBE_SEED)
@@ -361,9 +394,17 @@ class DNGRun(GuidedRun):
     def state_updates(self) -> int:
         return self.posterior_updates
 
+    def concepts_to_predict(self) -> list[bool]:
+        if self.pruner is None:
+            return [True] * self.concepts
+        return self.pruner.predicted()
+
     def _begin(self, x: torch.Tensor) -> None:
         self.trackers = [PosteriorTracker(self.config.posterior, int(x.shape[0]), x.device, self.parametrisation)
                          for _ in range(self.concepts)]
+        if self.pruning is not None:
+            self.pruner = ConceptPruner(self.pruning, self.concepts, int(x.shape[0]), self.config.posterior.prior,
+                                        x.device)
         if self.continues is not None:  # the posterior where the earlier pass left it, not the prior
             for tracker, log_p in zip(self.trackers, self.continues.state):
                 tracker.log_p = log_p.to(tracker.log_p)
@@ -371,20 +412,24 @@ class DNGRun(GuidedRun):
     def _final_state(self) -> torch.Tensor | None:
         return torch.stack([t.log_p.clone() for t in self.trackers]) if self.trackers else None
 
-    def _log_p_at(self, x: torch.Tensor, sigma: float, here: _StepInputs | None = None) -> torch.Tensor:
-        """[K, B]: the posterior after the transition from the last confirmed step's inputs to x (``here``: the
-        path estimator's point at x; without it that estimator has no evidence for the transition)."""
+    def _log_p_at(self, x: torch.Tensor, sigma: float,
+                  here: _StepInputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, B], [K]): the posterior after the transition from the last confirmed step's inputs to x (``here``:
+        the path estimator's point at x; without it that estimator has no evidence for the transition), and
+        per concept whether evidence was folded in (a concept not predicted at an end keeps its posterior)."""
         prev = self._confirmed_inputs
-        current = torch.stack([t.log_p for t in self.trackers])
-        if prev is None:
-            return current
-        if self.needs_probe:
-            if here is None or prev.div_diffs is None or here.div_diffs is None:
-                return current
-            return torch.stack([t.propose_path(prev.path_point(k), here.path_point(k))
-                                for k, t in enumerate(self.trackers)])
-        return torch.stack([t.propose(prev.x, x, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
-                            for k, t in enumerate(self.trackers)])
+        rows, observed = [], []
+        for k, t in enumerate(self.trackers):
+            new = None
+            if prev is not None and prev.d_negs[k] is not None:
+                if not self.needs_probe:
+                    new = t.propose(prev.x, x, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
+                elif here is not None:
+                    a, b = prev.path_point(k), here.path_point(k)
+                    new = t.propose_path(a, b) if a is not None and b is not None else None
+            rows.append(t.log_p if new is None else new)
+            observed.append(new is not None)
+        return torch.stack(rows), torch.tensor(observed)
 
     def _divergences(self, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
                      d_negs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -400,35 +445,44 @@ class DNGRun(GuidedRun):
         self.probe_calls += 1
         if len(d_negs_probe) != len(d_negs):
             raise ValueError(f"the probe returned {len(d_negs_probe)} concept predictions, expected {len(d_negs)}")
-        return [divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma,
-                                      self.parametrisation) for k in range(len(d_negs))]
+        return [None if d_negs[k] is None or d_negs_probe[k] is None else
+                divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma, self.parametrisation)
+                for k in range(len(d_negs))]
+
+    def _scale(self, log_p: torch.Tensor) -> torch.Tensor:
+        return guidance_scale(log_p, self.lambda0s.to(log_p))
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         divs = self._divergences(x, sigma, d_u, d_negs) if self.needs_probe else None
-        inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(), [d.detach().clone() for d in d_negs],
-                             divs)
-        log_p = self._log_p_at(x, sigma, inputs)
-        scale = guidance_scale(log_p, self.config.lambda0)
-        out = combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale)
-        return out, _Candidate(step, sigma, (log_p, inputs), scale, log_p.exp())
+        inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(),
+                             [None if d is None else d.detach().clone() for d in d_negs], divs)
+        log_p, observed = self._log_p_at(x, sigma, inputs)
+        scale = self._scale(log_p)
+        out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
+        predicted = [d is not None for d in d_negs]
+        settled = ~self.pruner.wants.clone() if self.pruner is not None else None
+        return out, _Candidate(step, sigma, (log_p, inputs, observed), _zero_unpredicted(scale, predicted),
+                               log_p.exp(), predicted if self.pruner is not None else None, settled)
 
     def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
-        scale = self._pending.scale if self._pending is not None else torch.stack(
-            [t.scale(self.config.lambda0) for t in self.trackers]) if self.trackers else None
-        return combine_guidance(d_u, d_pos, d_negs, scale, cfg_scale)
+        scale = self._pending.scale if self._pending is not None else self._scale(
+            torch.stack([t.log_p for t in self.trackers])) if self.trackers else None
+        return _combine(d_u, d_pos, d_negs, scale, cfg_scale)
 
     def _commit(self, cand: _Candidate) -> None:
-        log_p, inputs = cand.state
+        log_p, inputs, observed = cand.state
         if self._confirmed_inputs is not None:
             for k, tracker in enumerate(self.trackers):
                 tracker.commit(log_p[k])
+            if self.pruner is not None:
+                self.pruner.observe(self._step_offset + cand.step, log_p.exp(), observed)
         self._confirmed_inputs = inputs
 
     def _end(self, x_final: torch.Tensor, sigma_final: float) -> None:
         # The last step's transition: no evidence when it ends at sigma = 0, but it is still a step passed. (The
         # path estimator has no predictions at x_final, so a pass ending above 0 gets none from it either.)
         if self._confirmed_inputs is not None and x_final.shape == self._confirmed_inputs.x.shape:
-            log_p = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
+            log_p, _ = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
             for k, tracker in enumerate(self.trackers):
                 tracker.commit(log_p[k])
             self._confirmed_inputs = None
@@ -436,6 +490,20 @@ class DNGRun(GuidedRun):
     def final_posterior(self) -> torch.Tensor | None:
         """p after the run, [K, B] (after ``finish``)."""
         return torch.stack([t.p for t in self.trackers]) if self.trackers else None
+
+
+def _combine(d_u, d_pos, d_negs, scale, cfg_scale):
+    """combine_guidance over the concepts that were predicted (a pruned concept's guidance is off)."""
+    keep = [k for k, d in enumerate(d_negs) if d is not None]
+    rows = scale[keep] if scale is not None and keep else scale
+    return combine_guidance(d_u, d_pos, [d_negs[k] for k in keep], rows if keep else [], cfg_scale)
+
+
+def _zero_unpredicted(scale: torch.Tensor, predicted: list[bool]) -> torch.Tensor:
+    if all(predicted):
+        return scale
+    mask = torch.tensor(predicted, device=scale.device).reshape(-1, 1)
+    return torch.where(mask, scale, torch.zeros_like(scale))
 
 
 class NegativePromptRun(GuidedRun):

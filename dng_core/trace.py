@@ -35,15 +35,25 @@ def _finite(x: float) -> float:
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One step. ``predicted`` (DNG with pruning): per concept, whether it was predicted at this step (a pruned
+    concept was not: its p is frozen and its scale 0); ``settled``: [concepts][batch], the images that no longer
+    wanted the concept (see dng_core.pruning)."""
+
     step: int
     sigma: float
     scale: list[list[float]]
     p: list[list[float]] | None = None
+    predicted: list[bool] | None = None
+    settled: list[list[bool]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"step": self.step, "sigma": self.sigma, "scale": self.scale}
         if self.p is not None:
             out["p"] = self.p
+        if self.predicted is not None:
+            out["predicted"] = self.predicted
+        if self.settled is not None:
+            out["settled"] = self.settled
         return out
 
 
@@ -70,15 +80,20 @@ class GuidanceTrace:
     truncated: bool = False
     notes: list[str] = field(default_factory=list)  # what the user must know about the run (shown on the plot)
 
-    def record(self, step: int, sigma: float, scale: torch.Tensor, p: torch.Tensor | None = None) -> StepRecord | None:
-        """Append one step. scale, p: [K, B] or [B]. Returns the record, or None when the bound was hit."""
+    def record(self, step: int, sigma: float, scale: torch.Tensor, p: torch.Tensor | None = None,
+               predicted: list[bool] | None = None, settled: torch.Tensor | None = None) -> StepRecord | None:
+        """Append one step. scale, p: [K, B] or [B]; predicted: [K]; settled: [K, B] bool. Returns the record, or
+        None when the bound was hit."""
         if len(self.steps) >= self.max_steps:
             self.truncated = True
             return None
         if self.batch_size > self.max_batch:
             self.truncated = True
+        settled_rows = None if settled is None else [[bool(v) for v in row[:self.max_batch]]
+                                                     for row in settled.reshape(len(settled), -1).tolist()]
         rec = StepRecord(int(step), _finite(float(sigma)), _rows(scale, self.max_batch) or [],
-                         _rows(p, self.max_batch))
+                         _rows(p, self.max_batch), None if predicted is None else [bool(v) for v in predicted],
+                         settled_rows)
         self.steps.append(rec)
         return rec
 
@@ -91,6 +106,16 @@ class GuidanceTrace:
 
     def step_indices(self) -> list[int]:
         return [r.step for r in self.steps]
+
+    def predicted_series(self) -> torch.Tensor:
+        """[steps, concepts] bool: which concepts were predicted at each step (all, without pruning)."""
+        rows = [r.predicted if r.predicted is not None else [True] * self.concepts for r in self.steps]
+        return torch.tensor(rows, dtype=torch.bool) if rows else torch.zeros(0, self.concepts, dtype=torch.bool)
+
+    def concept_labels(self) -> list[str]:
+        """A name per concept: the run's ``concept_labels`` parameter, else "concept k" (k from 1)."""
+        labels = list(self.params.get("concept_labels") or [])
+        return [labels[k] if k < len(labels) and labels[k] else f"concept {k + 1}" for k in range(self.concepts)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,7 +148,8 @@ class GuidanceTrace:
                     model_calls=int(data.get("model_calls", 0)), probe_calls=int(data.get("probe_calls", 0)),
                     state_updates=int(data.get("state_updates", 0)),
                     notes=[str(n) for n in data.get("notes", [])])
-        trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p")) for s in data["steps"]]
+        trace.steps = [StepRecord(int(s["step"]), float(s["sigma"]), s["scale"], s.get("p"), s.get("predicted"),
+                                  s.get("settled")) for s in data["steps"]]
         return trace
 
     @classmethod

@@ -7,10 +7,52 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorForm, PosteriorVariance
+from dataclasses import dataclass
+
+from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorForm, PosteriorVariance, PruningPolicy
 from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
+ConceptsHandle = io.Custom("DNG_CONCEPTS")
+
+
+@dataclass(frozen=True)
+class NegativeConcept:
+    """One more concept to remove (a DNG Concept node): its conditioning, its own lambda0 (None: the DNG node's)
+    and a name for the trace."""
+
+    conditioning: Any
+    lambda0: float | None = None
+    label: str = ""
+
+
+def concepts_inputs() -> list[io.Input]:
+    """The optional inputs for concepts beyond the negative prompt, and pruning."""
+    return [
+        ConceptsHandle.Input("more_concepts", optional=True,
+                             tooltip="More concepts to remove, from a chain of DNG Concept nodes: each gets its own "
+                                     "posterior per image and its own lambda0. The negative prompt stays the "
+                                     "first concept. All are predicted in the same batched model call."),
+        io.Boolean.Input("prune_concepts", default=True, optional=True, **advanced(),
+                         tooltip="Stop predicting a concept for an image once its posterior has settled far "
+                                 "below the prior (it would barely guide any more); re-checked every 8 steps. "
+                                 "Saves up to one model prediction per concept and step when the concept is "
+                                 "absent. Off: every concept is predicted at every step."),
+    ]
+
+
+def concept_list(negative_label: str, more_concepts: Any) -> tuple[list[NegativeConcept], list[str]]:
+    """The concepts after the negative prompt (from the DNG_CONCEPTS input) and the labels of all of them."""
+    more = list(more_concepts or ())
+    for c in more:
+        if not isinstance(c, NegativeConcept):
+            raise ValueError(f"more_concepts must come from DNG Concept nodes, got {type(c).__name__}")
+    labels = [negative_label] + [c.label or f"concept {k + 2}" for k, c in enumerate(more)]
+    return more, labels
+
+
+def pruning_policy(prune_concepts: bool | None) -> PruningPolicy | None:
+    return PruningPolicy() if prune_concepts is None or prune_concepts else None
 
 EMPTY_CONDITIONING_TOOLTIP = ("The unconditional prompt: CLIPTextEncode with an empty text. DNG measures the "
                               "negative concept against it, so it must not contain the concept.")
@@ -83,7 +125,8 @@ def dng_inputs() -> list[io.Input]:
 
 def dng_config(lambda0: float, prior: float, temperature: float, offset: float, p_min: float, p_max: float,
                posterior_variance: str = PosteriorVariance.AUTO.value,
-               posterior_form: str | None = None, **_: Any) -> DNGConfig:
+               posterior_form: str | None = None, more_concepts: Any = None, prune_concepts: Any = None,
+               **_: Any) -> DNGConfig:
     """The core config from node inputs; raises ValueError naming the input and the valid range."""
     posterior_form = posterior_form or _DEFAULTS.posterior.form.value
     return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max,

@@ -7,10 +7,11 @@ Data path of one sampling run:
   SAMPLER_SAMPLE wrapper  -> makes the run (prior and empty trace, or the continued run's state) for this pass's
                              sigmas, stores it in this pass's own model_options (a per-run copy the host makes),
                              finishes it at the end
-  calc_cond_batch hook    -> one batched forward pass [pos, empty, neg] for the host's [pos, neg]; the host gets
+  calc_cond_batch hook    -> one batched forward pass [pos, empty, neg, concept 2..K] for the host's [pos, neg]
+                             (the concepts the run still predicts: see dng_core.pruning); the host gets
                              [D_pos, D_empty] back, so its "unconditional" is the empty prompt's prediction
-                             everywhere (CFG++ samplers re-noise from it, post-CFG hooks read it); D_neg travels
-                             beside it in the run's slot
+                             everywhere (CFG++ samplers re-noise from it, post-CFG hooks read it); the concepts'
+                             predictions travel beside it in the run's slot
   sampler_cfg_function    -> run.guide(x, sigma, D_empty, D_pos, [D_neg], cfg, probe): the guided prediction;
                              the path posterior estimator calls probe(x + h eps) once per step: a second
                              batched pass over [empty, neg] at the probe state (its divergence estimate)
@@ -96,9 +97,12 @@ class RunSlot:
 
     run: GuidedRun
     empty_cond: list[dict] | None
+    extra_conds: tuple[list[dict], ...] = ()  # concepts 2..K (DNG Concept nodes)
     empty_encoded: list[dict] | None = None
-    last_concepts: tuple[int, list[torch.Tensor]] | None = None  # (id of x, [D_neg]) from this call's pass
-    probe: Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]] | None = None  # for this call
+    extra_encoded: list[list[dict]] | None = None
+    # (id of x, [D_neg_k or None per concept]) from this call's pass
+    last_concepts: tuple[int, list[torch.Tensor | None]] | None = None
+    probe: Callable[[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor | None]]] | None = None  # for this call
 
     def encoded_empty(self, model: Any, x: torch.Tensor) -> list[dict]:
         # Encoded once per run, the way PerpNeg does it (prompt_type "negative": an unconditional prompt).
@@ -106,6 +110,12 @@ class RunSlot:
             self.empty_encoded = comfy.samplers.encode_model_conds(model.extra_conds, self.empty_cond, x, x.device,
                                                                    "negative")
         return self.empty_encoded
+
+    def encoded_extra(self, model: Any, x: torch.Tensor) -> list[list[dict]]:
+        if self.extra_encoded is None:
+            self.extra_encoded = [comfy.samplers.encode_model_conds(model.extra_conds, c, x, x.device, "negative")
+                                  for c in self.extra_conds]
+        return self.extra_encoded
 
 
 def current_slot(model_options: dict) -> RunSlot | None:
@@ -140,6 +150,8 @@ class StepEvents:
         """A pass begins. A pass that continues an earlier run sends that run's steps, so the curve goes on."""
         earlier = [r.as_dict() for r in run.continues.trace.steps] if run.continues is not None else []
         self._send("dng.run_start", {"node": self.node_id, "method": run.method, "label": self.label,
+                                     "concepts": run.concepts,
+                                     "concept_labels": run.params.get("concept_labels"),
                                      "total_steps": run.total_steps, "continues": run.continues is not None,
                                      "steps": earlier})
 
@@ -180,7 +192,7 @@ _CURRENT_PASS: contextvars.ContextVar[_SamplingPass | None] = contextvars.Contex
 
 
 def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory, empty_cond: list[dict] | None,
-                        events: StepEvents, label: str) -> None:
+                        events: StepEvents, label: str, extra_conds: tuple[list[dict], ...] = ()) -> None:
     """Adds the OUTER_SAMPLE and SAMPLER_SAMPLE wrappers that give every sampling pass of ``model`` its run (in
     place)."""
     if has_guidance_patch(model):
@@ -212,7 +224,7 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
         if sampling_pass is not None and sampling_pass.history is history:
             run.continue_from(sampling_pass.previous, int(noise.shape[0]))
             sampling_pass.run = run
-        slot = RunSlot(run=run, empty_cond=empty_cond)
+        slot = RunSlot(run=run, empty_cond=empty_cond, extra_conds=tuple(extra_conds))
         extra_args["model_options"].setdefault("transformer_options", {})[RUN_KEY] = slot
         events.run_start(run)
         samples = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
@@ -256,17 +268,20 @@ def install_cfg_hooks(model: Any, label: str) -> None:
         slot = current_slot(args["model_options"])
         if slot is None or slot.empty_cond is None or len(conds) < 2 or conds[1] is None:
             return _batch(previous_batch, args, conds)
-        # [pos, neg, ...] -> one pass over [pos, empty, neg, ...]; the host gets [D_pos, D_empty, ...]
+        # [pos, neg, ...] -> one pass over [pos, empty, (neg), (concept 2..K), ...] with the concepts the run still
+        # predicts; the host gets [D_pos, D_empty, ...]
         empty = slot.encoded_empty(base, x)
-        out = _batch(previous_batch, args, [conds[0], empty, *conds[1:]])
-        slot.last_concepts = (id(x), [out[2]])
+        concepts = [conds[1], *slot.encoded_extra(base, x)]
+        chosen = [k for k, wanted in enumerate(slot.run.concepts_to_predict()) if wanted]
+        out = _batch(previous_batch, args, [conds[0], empty, *(concepts[k] for k in chosen), *conds[2:]])
+        slot.last_concepts = (id(x), aligned_predictions(len(concepts), chosen, out[2:2 + len(chosen)]))
 
-        def probe(x_probe: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            # the unguided [empty, neg] predictions at another state of the same sigma (path estimator)
-            d_empty, d_neg = _batch(previous_batch, {**args, "input": x_probe}, [empty, conds[1]])[:2]
-            return d_empty, [d_neg]
+        def probe(x_probe: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+            # the unguided [empty, concepts] predictions at another state of the same sigma (path estimator)
+            p = _batch(previous_batch, {**args, "input": x_probe}, [empty, *(concepts[k] for k in chosen)])
+            return p[0], aligned_predictions(len(concepts), chosen, p[1:1 + len(chosen)])
         slot.probe = probe
-        return [out[0], out[1], *out[3:]]
+        return [out[0], out[1], *out[2 + len(chosen):]]
 
     def cfg_function(args: dict) -> torch.Tensor:
         x = args["input"]
@@ -287,6 +302,14 @@ def install_cfg_hooks(model: Any, label: str) -> None:
     model.set_model_sampler_cfg_function(cfg_function, disable_cfg1_optimization=True)
 
 
+def aligned_predictions(concepts: int, chosen: list[int], predictions: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """One entry per concept: its prediction where it was chosen, None where it was pruned."""
+    out: list[torch.Tensor | None] = [None] * concepts
+    for k, d in zip(chosen, predictions):
+        out[k] = d
+    return out
+
+
 def _batch(previous: Callable | None, args: dict, conds: list) -> list[torch.Tensor]:
     if previous is not None:
         return previous({**args, "conds": conds})
@@ -294,11 +317,13 @@ def _batch(previous: Callable | None, args: dict, conds: list) -> list[torch.Ten
 
 
 def patch_model(model: Any, empty_conditioning: Any, make_run: RunFactory, node_id: str | None,
-                label: str) -> tuple[Any, TraceHistory]:
-    """A clone of ``model`` whose KSampler runs apply the run made by ``make_run``; the input model is untouched."""
+                label: str, extra_concepts: tuple[Any, ...] = ()) -> tuple[Any, TraceHistory]:
+    """A clone of ``model`` whose KSampler runs apply the run made by ``make_run``; the input model is untouched.
+    ``extra_concepts``: CONDITIONING of the concepts after the KSampler's negative (concept 1)."""
     patched = model.clone()
     history = TraceHistory()
     empty = comfy.sampler_helpers.convert_cond(empty_conditioning)
-    install_run_wrapper(patched, make_run, history, empty, StepEvents(node_id, label), label)
+    extra = tuple(comfy.sampler_helpers.convert_cond(c) for c in extra_concepts)
+    install_run_wrapper(patched, make_run, history, empty, StepEvents(node_id, label), label, extra)
     install_cfg_hooks(patched, label)
     return patched, history

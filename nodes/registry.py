@@ -7,11 +7,12 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .baseline_nodes import NegativePromptingGuidance, SafeLatentDiffusionGuidance
+from .concept_nodes import DNGConcept
 from .dng_nodes import DNGGuider, DNGSampler, DynamicNegativeGuidance
 from .reference_nodes import REFERENCE_NODES
 from .trace_nodes import DNGTracePlot
 
-NODES: list[type[io.ComfyNode]] = [DynamicNegativeGuidance, DNGSampler, DNGGuider, DNGTracePlot,
+NODES: list[type[io.ComfyNode]] = [DynamicNegativeGuidance, DNGSampler, DNGGuider, DNGConcept, DNGTracePlot,
                                    NegativePromptingGuidance, SafeLatentDiffusionGuidance, *REFERENCE_NODES]
 
 

@@ -1,8 +1,10 @@
 // Live guidance curve for the Dynamic Negative Guidance pack.
 // The server sends one "dng.step" event per sampler step (to the client that queued the prompt) and a
 // "dng.run_start" event when a sampling pass begins; this extension draws lambda_t (and p_t for DNG) on the
-// node that made the guidance patch, one line per batch element, cleared when a new run starts (a pass that
-// continues a split schedule brings the earlier steps along). "dng.warning" events become toasts.
+// node that made the guidance patch, one line per batch element (and per concept, coloured by concept and
+// labelled, when a DNG node has several), cleared when a new run starts (a pass that continues a split schedule
+// brings the earlier steps along). Steps at which a concept was pruned (not predicted: its p frozen, its scale 0)
+// are drawn as hollow grey squares. "dng.warning" events become toasts.
 //
 // Events name nodes by execution id: "12" for a node of the root graph, "5:12" for node 12 inside the subgraph
 // node 5 (and so on, one id per level). The curve is a DOM widget (a <canvas> element), which both the classic
@@ -53,21 +55,30 @@ function remember(id, run) {
 }
 
 function series(run, key) {
-  // run.steps[i][key]: [concepts][batch] -> list of lines, each a list of [step, value]
+  // run.steps[i][key]: [concepts][batch] -> list of lines, each a list of [step, value, pruned], with the
+  // concept index of each line in lines.concept
   const lines = [];
+  lines.concept = [];
   run.steps.forEach((rec) => {
     const rows = rec[key];
     if (!rows) return;
     let n = 0;
-    rows.forEach((row) => row.forEach((v) => {
-      (lines[n] = lines[n] || []).push([rec.step, v]);
+    rows.forEach((row, k) => row.forEach((v) => {
+      const pruned = rec.predicted ? rec.predicted[k] === false : false;
+      (lines[n] = lines[n] || []).push([rec.step, v, pruned]);
+      lines.concept[n] = k;
       n += 1;
     }));
   });
   return lines;
 }
 
-function drawPanel(ctx, lines, x, y, w, h, label, maxStep) {
+function lineColor(lines, i, concepts) {
+  // several concepts: one colour per concept (its images share it); one concept: one colour per image
+  return COLORS[(concepts > 1 ? lines.concept[i] : i) % COLORS.length];
+}
+
+function drawPanel(ctx, lines, x, y, w, h, label, maxStep, concepts) {
   ctx.save();
   ctx.fillStyle = "rgba(0,0,0,0.35)";
   ctx.fillRect(x, y, w, h);
@@ -82,8 +93,9 @@ function drawPanel(ctx, lines, x, y, w, h, label, maxStep) {
   const sx = (s) => x + 4 + ((w - 8) * s) / Math.max(1, maxStep);
   const sy = (v) => y + h - 3 - ((h - 18) * Math.min(v, vmax)) / vmax;
   let points = 0;
+  let pruned = 0;
   lines.forEach((line, i) => {
-    ctx.strokeStyle = COLORS[i % COLORS.length];
+    ctx.strokeStyle = lineColor(lines, i, concepts);
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     line.forEach(([s, v], j) => {
@@ -92,9 +104,31 @@ function drawPanel(ctx, lines, x, y, w, h, label, maxStep) {
       points += 1;
     });
     ctx.stroke();
+    ctx.strokeStyle = "#888";
+    ctx.lineWidth = 1;
+    line.forEach(([s, v, isPruned]) => {
+      if (!isPruned) return;
+      ctx.strokeRect(sx(s) - 2.5, sy(Number.isFinite(v) ? v : 0) - 2.5, 5, 5);
+      pruned += 1;
+    });
   });
   ctx.restore();
-  return points;
+  return { points, pruned };
+}
+
+function drawLegend(ctx, labels, x, y) {
+  // one entry per concept, in its colour
+  ctx.save();
+  ctx.font = "10px sans-serif";
+  let cx = x;
+  labels.forEach((text, k) => {
+    ctx.fillStyle = COLORS[k % COLORS.length];
+    ctx.fillRect(cx, y - 7, 8, 8);
+    ctx.fillStyle = "#ddd";
+    ctx.fillText(text, cx + 11, y);
+    cx += 16 + ctx.measureText(text).width;
+  });
+  ctx.restore();
 }
 
 function paint(node) {
@@ -121,13 +155,17 @@ function paint(node) {
   const maxStep = Math.max(run.total_steps ? run.total_steps - 1 : 0, ...run.steps.map((r) => r.step));
   const scale = series(run, "scale");
   const p = series(run, "p");
+  const concepts = run.concepts || 1;
+  const labels = concepts > 1 ? (run.concept_labels || []).slice(0, concepts) : [];
   const hasP = p.length > 0;
-  const h = hasP ? (height - 8) / 2 : height - 4;
-  let points = drawPanel(ctx, scale, 1, 1, width - 2, h, run.method === "dng" ? "lambda_t" : "scale", maxStep);
-  if (hasP) points += drawPanel(ctx, p, 1, 5 + h, width - 2, h, "p_t", maxStep);
+  const legend = labels.length ? 12 : 0;
+  const h = hasP ? (height - 8 - legend) / 2 : height - 4 - legend;
+  const a = drawPanel(ctx, scale, 1, 1, width - 2, h, run.method === "dng" ? "lambda_t" : "scale", maxStep, concepts);
+  const b = hasP ? drawPanel(ctx, p, 1, 5 + h, width - 2, h, "p_t", maxStep, concepts) : { points: 0, pruned: 0 };
+  if (labels.length) drawLegend(ctx, labels, 4, height - 3);
   live.drawn[node.__dngExecId ?? String(node.id)] = {
-    lines: scale.length + p.length, points, steps: run.steps.length,
-    lastScale: scale.map((l) => l[l.length - 1][1]),
+    lines: scale.length + p.length, points: a.points + b.points, pruned: a.pruned + b.pruned, labels,
+    steps: run.steps.length, lastScale: scale.map((l) => l[l.length - 1][1]),
   };
 }
 
@@ -173,7 +211,8 @@ app.registerExtension({
   },
   setup() {
     api.addEventListener("dng.run_start", ({ detail }) => {
-      const run = { method: detail.method, total_steps: detail.total_steps, steps: [...(detail.steps ?? [])] };
+      const run = { method: detail.method, total_steps: detail.total_steps, steps: [...(detail.steps ?? [])],
+                    concepts: detail.concepts, concept_labels: detail.concept_labels };
       remember(detail.node, run);
       show(detail.node, run);
     });
@@ -183,7 +222,8 @@ app.registerExtension({
         run = { method: detail.method, total_steps: detail.total_steps, steps: [] };
         remember(detail.node, run);
       }
-      run.steps.push({ step: detail.step, sigma: detail.sigma, scale: detail.scale, p: detail.p });
+      run.steps.push({ step: detail.step, sigma: detail.sigma, scale: detail.scale, p: detail.p,
+                       predicted: detail.predicted });
       show(detail.node, run);
     });
     api.addEventListener("dng.warning", ({ detail }) => {

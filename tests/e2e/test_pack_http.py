@@ -10,8 +10,8 @@ import pytest
 from tests.support.prompts import dng_prompt
 from devtools.server import PromptRejected
 
-PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGTracePlot", "DNGNegativePrompting",
-              "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning", "DNGEmptyDigitLatent",
+PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGConcept", "DNGTracePlot",
+              "DNGNegativePrompting", "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning", "DNGEmptyDigitLatent",
               "DNGDigitsToImage"]
 
 
@@ -28,13 +28,14 @@ def _valid_png(raw: bytes) -> tuple[int, int]:
 # Where the nodes sit in the node library: ComfyUI's own sampling tree since 0.33 (nodes/schema.py)
 CATEGORIES = {
     "DynamicNegativeGuidance": "model/sampling/dng", "DNGSampler": "model/sampling/dng",
-    "DNGTracePlot": "model/sampling/dng", "DNGGuider": "model/sampling/guiders",
+    "DNGTracePlot": "model/sampling/dng", "DNGConcept": "model/sampling/dng",
+    "DNGGuider": "model/sampling/guiders",
     "DNGNegativePrompting": "model/sampling/dng/baselines", "DNGSafeLatentDiffusion": "model/sampling/dng/baselines",
     **{n: "model/sampling/dng/reference model" for n in ("DNGReferenceModelLoader", "DNGDigitConditioning",
                                                            "DNGEmptyDigitLatent", "DNGDigitsToImage")},
 }
 # The secondary knobs, folded away where the host supports advanced inputs
-_DNG_ADVANCED = {"offset", "p_min", "p_max", "posterior_variance", "posterior_form"}
+_DNG_ADVANCED = {"offset", "p_min", "p_max", "posterior_variance", "posterior_form", "prune_concepts"}
 ADVANCED = {"DynamicNegativeGuidance": _DNG_ADVANCED, "DNGSampler": _DNG_ADVANCED, "DNGGuider": _DNG_ADVANCED,
             "DNGSafeLatentDiffusion": {"warmup", "safety_scale", "threshold", "momentum_scale", "momentum_beta"}}
 

@@ -319,3 +319,25 @@ def test_live_curve_on_the_newest_frontend(browser, newest_frontend_server, rend
             without = {e.key(bare.url) for e in _console_errors_of_a_fresh_page(browser, bare)}
         missing = [e for e in allowed if e.key(srv.url) not in without]
         assert not missing, "allowed errors not shown without the pack:\n" + "\n".join(map(str, missing))
+
+
+def test_live_curve_of_several_concepts(ui, comfy_server):
+    """The three-concept reference workflow: one line per concept and image in each panel, a legend with the
+    concepts' labels, and a hollow marker for every pruned (concept, image, step) the trace reports."""
+    steps, batch = 12, 3
+    workflow = json.loads(ui.fetch_template(PACK_NAME, "dng_reference_concepts"))
+    ui.load_workflow(workflow, "dng_reference_concepts")
+    for nid in _ids(workflow, "DNGEmptyDigitLatent"):
+        ui.set_widgets(nid, {"batch_size": batch})
+    for nid in _ids(workflow, "KSampler"):
+        ui.set_widgets(nid, {"steps": steps, "seed": next(_FRESH_SEEDS)})
+    (dng,) = _ids(workflow, "DynamicNegativeGuidance")
+    _run_from_page(ui, comfy_server, [dng], steps)
+    live = ui.evaluate("() => window.__DNG_LIVE__")
+    drawn, run = live["drawn"][str(dng)], live["runs"][str(dng)]
+    assert run["concepts"] == 3
+    assert drawn["labels"] == ["negative prompt", "digit 3", "digit 5"]
+    assert drawn["lines"] == 2 * 3 * batch  # lambda_t and p_t, one line per concept and image
+    pruned_points = sum(batch for rec in run["steps"] for wanted in (rec.get("predicted") or []) if wanted is False)
+    assert drawn["pruned"] == 2 * pruned_points
+    assert not ui.errors(), "console errors:\n" + "\n".join(map(str, ui.errors()))

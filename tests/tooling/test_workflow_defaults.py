@@ -20,7 +20,8 @@ DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 def _defaults() -> list:
     c = DNGConfig()
     p = c.posterior
-    return [c.lambda0, p.prior, p.temperature, p.offset, p.p_min, p.p_max, p.variance.value, p.form.value]
+    # the DNG inputs, then prune_concepts (on by default; more_concepts is a link, not a widget)
+    return [c.lambda0, p.prior, p.temperature, p.offset, p.p_min, p.p_max, p.variance.value, p.form.value, True]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -385,7 +385,8 @@ def reference_concepts() -> WorkflowSpec:
     }
     note = ("Several concepts at once, on the pack's reference model (8x8 digits, shipped with the pack, so "
             "nothing needs downloading): Dynamic Negative Guidance removes the digits 0, 3 and 5 from 64 "
-            "unconditional samples; plain samples of the same seed beside them.\n\nThe KSampler's negative stays the first concept; each DNG Concept node adds one more (chain "
+            "unconditional samples; plain samples of the same seed beside them.\n\nThe KSampler's negative stays "
+            "the first concept; each DNG Concept node adds one more (chain "
             "them into the DNG node's more_concepts). Every concept has its own posterior per image and its own "
             "lambda0 (-1: the DNG node's), and all are predicted in one batched model call. With prune_concepts on, "
             "a concept stops being predicted once its posterior has settled far below the prior for every image "

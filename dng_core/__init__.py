@@ -29,7 +29,8 @@ from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, 
 from .trace import GuidanceTrace, StepRecord
 
 __all__ = [
-    "ConceptPruner", "PruningPolicy", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm", "compose_increment", "path_log_odds_change",
+    "ConceptPruner", "PruningPolicy", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm", "compose_increment",
+    "path_log_odds_change",
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
     "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
     "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",

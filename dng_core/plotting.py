@@ -59,9 +59,9 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
 
     One subplot for the guidance scale and, for DNG, one for the posterior p_t; one curve per batch element
     (and per concept when there are several, labelled with the trace's concept labels); steps at which a
-    concept was pruned (not predicted) carry hollow grey markers. ``log_scale`` puts the y axes on a log scale (values <= 0 are
-    drawn at the axis floor). ``notice`` and the trace's own notes are written above the plot in red (e.g. "this
-    is not the run that made your LATENT", "the guidance never ran").
+    concept was pruned (not predicted) carry hollow grey markers. ``log_scale`` puts the y axes on a log scale
+    (values <= 0 are drawn at the axis floor). ``notice`` and the trace's own notes are written above the plot in
+    red (e.g. "this is not the run that made your LATENT", "the guidance never ran").
     """
     fig, dpi = _figure(width, height)
 

@@ -199,8 +199,8 @@ class Guider_DNG(comfy.samplers.CFGGuider):
             p_empty, *p_chosen = comfy.samplers.calc_cond_batch(
                 self.inner_model, [empty, *(concepts[k] for k in chosen)], x_probe, timestep, model_options)
             return p_empty, aligned_predictions(len(concepts), chosen, p_chosen)
-        result = slot.run.guide(x, timestep, d_empty, d_pos, aligned_predictions(len(concepts), chosen, d_chosen), self.cfg,
-                                probe)
+        result = slot.run.guide(x, timestep, d_empty, d_pos, aligned_predictions(len(concepts), chosen, d_chosen),
+                                self.cfg, probe)
         for fn in model_options.get("sampler_post_cfg_function", []):
             result = fn({"denoised": result, "cond": positive, "uncond": empty, "cond_scale": self.cfg,
                          "model": self.inner_model, "uncond_denoised": d_empty, "cond_denoised": d_pos,

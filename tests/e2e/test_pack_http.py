@@ -11,7 +11,8 @@ from tests.support.prompts import dng_prompt
 from devtools.server import PromptRejected
 
 PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGConcept", "DNGTracePlot",
-              "DNGNegativePrompting", "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning", "DNGEmptyDigitLatent",
+              "DNGNegativePrompting", "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning",
+              "DNGEmptyDigitLatent",
               "DNGDigitsToImage"]
 
 

@@ -135,7 +135,8 @@ def test_family_patch_and_guider(prompt_runner, family_nodes, family, family_bui
     guider_vs_patch = float((_latent(prompt_runner) - patched_latent).abs().max()) / scale
     assert guider_vs_patch <= REL_TOL, f"guider and patch differ by {guider_vs_patch:.3g} of max|latent|"
     print(f"\n{f.id}: {f.config_class}/{f.model_type} parametrisation={zero['parametrisation']} "
-          f"updates={zero['updates']} lambda0=0 max|diff|/max|latent|={diff:.2e} (max|latent| {scale:.3g}) build/cache {family_build_times[f.id]:.1f} s; "
+          f"updates={zero['updates']} lambda0=0 max|diff|/max|latent|={diff:.2e} (max|latent| {scale:.3g}) "
+          f"build/cache {family_build_times[f.id]:.1f} s; "
           f"patch p_last={patched['p_last']} calls={patched['model_calls']}+{patched['probe_calls']} probes; "
           f"guider p_last={guided['p_last']} guider-patch {guider_vs_patch:.2e}")
 

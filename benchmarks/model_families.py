@@ -211,10 +211,10 @@ from benchmarks.model_families import _setup
 H, TF = _setup()
 from devtools.dng_defaults import dng_node_defaults
 mode = sys.argv[2]
-f = TF.FAMILIES["sdxl"]
+f = TF.FAMILIES[sys.argv[3]]
 name = TF.install_family(f)
 runner = H.PromptRunner()
-# load the model first (a 1-step plain run at a tiny size), then measure one 1024x1024 step
+# load the model first (a 1-step plain run at a tiny size), then measure one step at the size given
 p = TF.family_prompt(f, name, "plain", steps=1, batch_size=1)
 runner.run(p, check=True)
 import gc; gc.collect()
@@ -228,31 +228,44 @@ wiring = "plain" if mode == "plain" else "patch"
 if mode != "plain":
     dng["posterior_variance"] = mode
 p = TF.family_prompt(f, name, wiring, steps=1, batch_size=1, cfg=4.0, dng=None if mode == "plain" else dng)
-p["4"]["inputs"].update(width=1024, height=1024)
+p["4"]["inputs"].update(width=int(sys.argv[4]), height=int(sys.argv[4]))
 runner.run(p, check=True)
 peak = status("VmHWM")
 print(json.dumps({"mode": mode, "base_mib": base / 1024, "peak_mib": peak / 1024}))
 """
 
 
-def part_memory(repeats: int) -> dict:
+# the tiny models whose activations stand out of RSS noise, at their families' usual sizes
+MEMORY_FAMILIES = {"sdxl": 1024, "sd15": 512, "qwen_image": 512}
+
+
+def part_memory(repeats: int, families=MEMORY_FAMILIES) -> dict:
+    out = {"what": ("peak RSS of one sampling step (batch 1, cfg 4; pixels: " +
+                    ", ".join(f"{k} {v}x{v}" for k, v in families.items()) +
+                    f") minus RSS after loading, fresh process each, {repeats} repeats")}
+    for fid, size in families.items():
+        out[fid] = _memory_of(fid, repeats, size)
+    # the headline (and the README's figure): the SDXL UNet
+    out.update({k: v for k, v in out["sdxl"].items()} if "sdxl" in out else {})
+    return out
+
+
+def _memory_of(fid: str, repeats: int, size: int) -> dict:
     runs = {m: [] for m in ("plain", "kernel", "path")}
     for i in range(repeats):
         for mode in runs:
             env = dict(os.environ, OMP_NUM_THREADS="1")
-            r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(ROOT), mode], env=env, cwd=str(ROOT),
+            r = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(ROOT), mode, fid, str(size)], env=env, cwd=str(ROOT),
                                capture_output=True, text=True)
             line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
             if r.returncode != 0 or not line:
                 raise RuntimeError(f"memory child {mode} failed:\n{r.stderr[-3000:]}")
             d = json.loads(line[-1])
             runs[mode].append(d["peak_mib"] - d["base_mib"])
-            log(f"memory {mode}: +{runs[mode][-1]:.0f} MiB above the loaded model")
+            log(f"memory {fid} {mode}: +{runs[mode][-1]:.0f} MiB above the loaded model")
     summary = {m: dict(zip(("mean_mib", "se_mib"), (round(v, 1) for v in mean_se(xs)))) for m, xs in runs.items()}
     summary["dng_kernel_over_plain"] = round(summary["kernel"]["mean_mib"] / summary["plain"]["mean_mib"], 3)
     summary["dng_path_over_plain"] = round(summary["path"]["mean_mib"] / summary["plain"]["mean_mib"], 3)
-    summary["what"] = ("peak RSS of one 1024x1024 step (tiny SDXL UNet, batch 1, cfg 4) minus RSS after loading, "
-                       f"fresh process each, {repeats} repeats")
     return summary
 
 
@@ -305,13 +318,16 @@ def write_markdown(res: dict, path: Path) -> None:
               "seconds-long steps make negligible; the tiny SD1.5 UNet at 256x256 is compute-bound like a real one.",
               ""]
     if res.get("memory"):
-        m = res["memory"]
-        L += ["## Memory", "", m["what"] + ":", "",
-              f"- plain CFG: +{m['plain']['mean_mib']} +- {m['plain']['se_mib']} MiB",
-              f"- DNG (kernel, one 3-row call): +{m['kernel']['mean_mib']} +- {m['kernel']['se_mib']} MiB "
-              f"({m['dng_kernel_over_plain']}x plain)",
-              f"- DNG (path: 3-row call + 2-row probe): +{m['path']['mean_mib']} +- {m['path']['se_mib']} MiB "
-              f"({m['dng_path_over_plain']}x plain)", ""]
+        mem = res["memory"]
+        L += ["## Memory", "", mem["what"] + ", tiny models:", "",
+              "| model | plain CFG (MiB) | DNG kernel: one 3-row call (MiB) | DNG path: + a 2-row probe (MiB) |",
+              "|---|---|---|---|"]
+        for fid in [k for k in mem if isinstance(mem[k], dict) and "plain" in mem[k]]:
+            m = mem[fid]
+            L.append(f"| tiny {fid} | +{m['plain']['mean_mib']} +- {m['plain']['se_mib']} | "
+                     f"+{m['kernel']['mean_mib']} +- {m['kernel']['se_mib']} ({m['dng_kernel_over_plain']}x) | "
+                     f"+{m['path']['mean_mib']} +- {m['path']['se_mib']} ({m['dng_path_over_plain']}x) |")
+        L.append("")
     L += ["## Full-size estimates (weights at 2 bytes per parameter + the host's activation estimate)", "",
           "| family | model, resolution | weights (GiB) | activations per row (GiB) | plain CFG peak (GiB) | "
           "DNG peak (GiB) | ratio |", "|---|---|---|---|---|---|---|"]

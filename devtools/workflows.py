@@ -7,7 +7,7 @@ what the template browser asks ``/api/workflow_templates/<pack>/<name>.jpg`` for
 
     OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows          # rewrites example_workflows/*.json + *.jpg
     OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --check  # exit 1 if they are out of date
-    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --docs   # docs/live_curve.png, trace_plot.png
+    OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --docs   # docs/*.png (live curve, plots, removal)
     OMP_NUM_THREADS=1 .venv/bin/python -m devtools.workflows --thumbnails-only NAME  # a hand-made workflow
 
 The tests (tests/e2e/test_workflows.py, test_web_ui.py) use the same browser helpers to load the shipped files
@@ -964,6 +964,35 @@ def render_docs(out_dir: Path = REPO_ROOT / "docs", steps: int = 25, log=print) 
     log(f"wrote {out_dir / 'live_curve.png'} and {out_dir / 'trace_plot.png'}")
 
 
+def render_reference_docs(out_dir: Path = REPO_ROOT / "docs", log=print) -> None:
+    """docs/reference_removal.png (plain samples beside DNG's, same seed) and docs/reference_trace.png (DNG Trace
+    Plot) from dng_reference_demo as shipped: the trained reference digits model, the node defaults, through a
+    real server. What DNG does with a trained model, unlike render_docs' random-weight pictures."""
+    import io as _io
+
+    from PIL import Image, ImageDraw
+
+    from .server import ComfyServer
+
+    spec = reference_demo()
+    prompt = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in spec.prompt.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ComfyServer(checkpoint=None) as srv:
+        entry = srv.wait(srv.queue(prompt), timeout=600)
+        images = {nid: srv.view(entry["outputs"][nid]["images"][0]) for nid in ("13", "23", "15")}
+    plain, dng = (Image.open(_io.BytesIO(images[n])).convert("RGB") for n in ("23", "13"))
+    gap, head = 16, 28
+    canvas = Image.new("RGB", (plain.width + dng.width + gap, max(plain.height, dng.height) + head), "white")
+    canvas.paste(plain, (0, head))
+    canvas.paste(dng, (plain.width + gap, head))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 8), "plain sampling (no negative guidance)", fill="black")
+    draw.text((plain.width + gap + 4, 8), "DNG removing the digit 0, same seed", fill="black")
+    canvas.save(out_dir / "reference_removal.png")
+    (out_dir / "reference_trace.png").write_bytes(images["15"])
+    log(f"wrote {out_dir / 'reference_removal.png'} and {out_dir / 'reference_trace.png'}")
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -975,11 +1004,13 @@ def main(argv=None) -> int:
     ap.add_argument("--thumbnails-only", action="store_true",
                     help="only (re)write <name>.jpg for the named workflows in example_workflows/ (hand-made ones too)")
     ap.add_argument("--docs", action="store_true",
-                    help="render docs/live_curve.png and docs/trace_plot.png (tiny checkpoint) instead")
+                    help="render docs/live_curve.png and docs/trace_plot.png (tiny checkpoint), and "
+                         "docs/reference_removal.png, reference_trace.png (trained reference model) instead")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if a.docs:
         render_docs()
+        render_reference_docs()
         return 0
     if a.thumbnails_only:
         render_thumbnails(a.names or sorted(shipped()))

@@ -52,6 +52,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def mean_se(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error (nan for a single value)."""
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, float("nan")
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var / len(xs))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Prompts
 

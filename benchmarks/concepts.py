@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -41,8 +40,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import Bench, Scorer, digit_prompt, log  # noqa: E402
-from devtools.dng_defaults import dng_node_defaults  # noqa: E402
+from benchmarks.common import Bench, Scorer, digit_prompt, log, mean_se  # noqa: E402
+from devtools.dng_defaults import chain_concepts, dng_node_defaults  # noqa: E402
 from devtools.tiny_families import ForwardRows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -51,29 +50,16 @@ UNRELATED = ["0", "3", "5", "8"]
 CASES = {"unrelated": {"positive_digit": "7", "cfg": 3.0}, "related": {"positive_digit": None, "cfg": 1.0}}
 
 
-def chain_concepts(p: dict, digits: list[str], node: str = "10") -> dict:
-    """DNG Concept nodes for ``digits`` (lambda0: the DNG node's), chained into ``node``'s more_concepts."""
-    previous = None
-    for i, digit in enumerate(digits):
-        p[str(40 + i)] = {"class_type": "DNGDigitConditioning", "inputs": {"digit": digit}}
-        inputs = {"conditioning": [str(40 + i), 0], "lambda0": -1.0, "label": f"digit {digit}"}
-        if previous is not None:
-            inputs["concepts"] = [previous, 0]
-        p[str(30 + i)] = {"class_type": "DNGConcept", "inputs": inputs}
-        previous = str(30 + i)
-    if previous is not None:
-        p[node]["inputs"]["more_concepts"] = [previous, 0]
-    return p
+def digit_concepts(p: dict, digits: list[str]) -> dict:
+    """DNG Concept nodes for ``digits`` (lambda0: the DNG node's), chained into the patch's more_concepts."""
+    return chain_concepts(p, [{"class_type": "DNGDigitConditioning", "inputs": {"digit": d}} for d in digits],
+                          [f"digit {d}" for d in digits])
 
 
 def dng_prompt(case: str, k: int, prune: bool, *, n: int, seed: int, steps: int, sampler: str) -> dict:
     p = digit_prompt(method="dng", batch_size=n, seed=seed, steps=steps, sampler=sampler, negative_digit="0",
                      **CASES[case], **{**dng_node_defaults(), "prune_concepts": prune})
-    return chain_concepts(p, UNRELATED[1:k])
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
+    return digit_concepts(p, UNRELATED[1:k])
 
 
 def _runs(bench: Bench, make, n: int, batch: int, seed: int):
@@ -159,17 +145,9 @@ def wall_rows(bench: Bench, repeats: int, steps: int) -> list[dict]:
                 for prune in (False, True):
                     p = TF.family_prompt("sd15", sd15, "patch", sampler="euler_ancestral", steps=steps, seed=5,
                                          dng={**dng_node_defaults(), "prune_concepts": prune})
-                    prev = None
-                    for i in range(k - 1):
-                        p[str(40 + i)] = {"class_type": TF.CONDITIONING_NODE,
-                                          "inputs": {"family": "sd15", "role": f"concept{i}", "seed": 0}}
-                        inputs = {"conditioning": [str(40 + i), 0], "lambda0": -1.0, "label": ""}
-                        if prev:
-                            inputs["concepts"] = [prev, 0]
-                        p[str(30 + i)] = {"class_type": "DNGConcept", "inputs": inputs}
-                        prev = str(30 + i)
-                    if prev:
-                        p["10"]["inputs"]["more_concepts"] = [prev, 0]
+                    chain_concepts(p, [{"class_type": TF.CONDITIONING_NODE,
+                                        "inputs": {"family": "sd15", "role": f"concept{i}", "seed": 0}}
+                                       for i in range(k - 1)], [""] * (k - 1))
                     yield f"K={k} pruning={prune}", p
 
     out = []

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import log, mean_se  # noqa: E402
 from devtools.tiny_families import ForwardRows  # noqa: E402  (stdlib-only at import)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -62,16 +63,6 @@ FULL_SIZE = {
             "what": "Wan 2.1 14B, 832x480, 81 frames"},
     "qwen_image": {"params_b": 20.4, "latent": [16, 1, 166, 166], "factor": 1.8, "what": "Qwen-Image, 1328x1328"},
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    m = statistics.fmean(xs)
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
-    return m, se
 
 
 def _setup():

@@ -317,27 +317,36 @@ def guider_custom_sampler() -> WorkflowSpec:
 REFERENCE_DNG = DNG_DEFAULTS
 
 
-def reference_demo() -> WorkflowSpec:
-    p = {
+def _reference_graph(negative_title: str, dng_title: str, prefix: str, dng_caption: str, plot_title: str,
+                     concepts: dict | None = None, **dng_extra) -> dict:
+    """The reference-model templates' graph: 64 unconditional samples with DNG removing the digit 0 (plus
+    ``concepts``' nodes, placed after the negative), beside the same seed sampled plainly, with the guidance plot."""
+    return {
         "1": _node("DNGReferenceModelLoader", "Load DNG Reference Model (digits)", model_name="digits8"),
         "2": _node("DNGDigitConditioning", "Empty label (unconditional)", digit="empty (unconditional)"),
-        "3": _node("DNGDigitConditioning", "Negative = the digit to remove", digit="0"),
+        "3": _node("DNGDigitConditioning", negative_title, digit="0"),
+        **(concepts or {}),
         "4": _node("DNGEmptyDigitLatent", "64 images", model=["1", 0], batch_size=64),
-        "10": _node("DynamicNegativeGuidance", "Dynamic Negative Guidance", model=["1", 0],
-                    empty_conditioning=["2", 0], **REFERENCE_DNG),
+        "10": _node("DynamicNegativeGuidance", dng_title, model=["1", 0], empty_conditioning=["2", 0],
+                    **REFERENCE_DNG, **dng_extra),
         "11": _node("KSampler", "KSampler (DNG)", model=["10", 0], seed=2024, steps=30, cfg=1.0,
                     sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["3", 0],
                     latent_image=["4", 0], denoise=1.0),
         "12": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["11", 0], columns=8, scale=8),
-        "13": _save(("12", 0), "dng_demo_dng", "DNG: no zeros"),
-        "14": _plot(("10", 1), ("11", 0), "DNG: lambda_t and p_t per image"),
-        "15": _save(("14", 0), "dng_demo_guidance_plot", "Guidance plot"),
+        "13": _save(("12", 0), f"{prefix}_dng", dng_caption),
+        "14": _plot(("10", 1), ("11", 0), plot_title),
+        "15": _save(("14", 0), f"{prefix}_guidance_plot", "Guidance plot"),
         "21": _node("KSampler", "KSampler (plain, same seed)", model=["1", 0], seed=2024, steps=30, cfg=1.0,
                     sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["2", 0],
                     latent_image=["4", 0], denoise=1.0),
         "22": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["21", 0], columns=8, scale=8),
-        "23": _save(("22", 0), "dng_demo_plain", "Plain: all digits"),
+        "23": _save(("22", 0), f"{prefix}_plain", "Plain: all digits"),
     }
+
+
+def reference_demo() -> WorkflowSpec:
+    p = _reference_graph("Negative = the digit to remove", "Dynamic Negative Guidance", "dng_demo", "DNG: no zeros",
+                         "DNG: lambda_t and p_t per image")
     note = ("Offline demo on the pack's reference model: a small class-conditional diffusion model of 8x8 digits "
             "(scikit-learn's digits), shipped with the pack, so nothing needs downloading.\n\n"
             "64 unconditional samples (positive = the empty label) with Dynamic Negative Guidance removing the "
@@ -358,31 +367,16 @@ def reference_demo() -> WorkflowSpec:
 
 
 def reference_concepts() -> WorkflowSpec:
-    p = {
-        "1": _node("DNGReferenceModelLoader", "Load DNG Reference Model (digits)", model_name="digits8"),
-        "2": _node("DNGDigitConditioning", "Empty label (unconditional)", digit="empty (unconditional)"),
-        "3": _node("DNGDigitConditioning", "Negative = concept 1: the digit 0", digit="0"),
+    concepts = {
         "40": _node("DNGDigitConditioning", "Concept 2: the digit 3", digit="3"),
         "41": _node("DNGDigitConditioning", "Concept 3: the digit 5", digit="5"),
         "30": _node("DNGConcept", "DNG Concept (digit 3)", conditioning=["40", 0], lambda0=-1.0, label="digit 3"),
         "31": _node("DNGConcept", "DNG Concept (digit 5)", conditioning=["41", 0], lambda0=-1.0, label="digit 5",
                     concepts=["30", 0]),
-        "4": _node("DNGEmptyDigitLatent", "64 images", model=["1", 0], batch_size=64),
-        "10": _node("DynamicNegativeGuidance", "Dynamic Negative Guidance (3 concepts)", model=["1", 0],
-                    empty_conditioning=["2", 0], **REFERENCE_DNG, more_concepts=["31", 0]),
-        "11": _node("KSampler", "KSampler (DNG)", model=["10", 0], seed=2024, steps=30, cfg=1.0,
-                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["3", 0],
-                    latent_image=["4", 0], denoise=1.0),
-        "12": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["11", 0], columns=8, scale=8),
-        "13": _save(("12", 0), "dng_concepts_dng", "DNG: no 0, 3 or 5"),
-        "14": _plot(("10", 1), ("11", 0), "DNG: lambda_t and p_t per image and concept"),
-        "15": _save(("14", 0), "dng_concepts_guidance_plot", "Guidance plot"),
-        "21": _node("KSampler", "KSampler (plain, same seed)", model=["1", 0], seed=2024, steps=30, cfg=1.0,
-                    sampler_name="euler_ancestral", scheduler="normal", positive=["2", 0], negative=["2", 0],
-                    latent_image=["4", 0], denoise=1.0),
-        "22": _node("DNGDigitsToImage", "Digits to Image Grid", samples=["21", 0], columns=8, scale=8),
-        "23": _save(("22", 0), "dng_concepts_plain", "Plain: all digits"),
     }
+    p = _reference_graph("Negative = concept 1: the digit 0", "Dynamic Negative Guidance (3 concepts)",
+                         "dng_concepts", "DNG: no 0, 3 or 5", "DNG: lambda_t and p_t per image and concept",
+                         concepts, more_concepts=["31", 0])
     note = ("Several concepts at once, on the pack's reference model (8x8 digits, shipped with the pack, so "
             "nothing needs downloading): Dynamic Negative Guidance removes the digits 0, 3 and 5 from 64 "
             "unconditional samples; plain samples of the same seed beside them.\n\nThe KSampler's negative stays "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from devtools.dng_defaults import chain_concepts
 from tests.support.prompts import DNG_DEFAULTS
 
 
@@ -43,17 +44,6 @@ def reference_prompt(*, model_name="digits8", batch_size=64, seed=0, steps=30, s
 
 
 def add_concepts(p: dict, digits: list[str], lambda0s: list[float] | None = None, node: str = "10") -> dict:
-    """Chain a DNG Concept node per digit ("30", "31", ...: the conditioning of each digit at "40", "41", ...)
-    into ``node``'s more_concepts. lambda0 -1 (default): the DNG node's."""
-    lambda0s = lambda0s or [-1.0] * len(digits)
-    previous = None
-    for i, (digit, lam) in enumerate(zip(digits, lambda0s)):
-        p[str(40 + i)] = {"class_type": "DNGDigitConditioning", "inputs": {"digit": digit}}
-        inputs = {"conditioning": [str(40 + i), 0], "lambda0": lam, "label": f"digit {digit}"}
-        if previous is not None:
-            inputs["concepts"] = [previous, 0]
-        p[str(30 + i)] = {"class_type": "DNGConcept", "inputs": inputs}
-        previous = str(30 + i)
-    if previous is not None:
-        p[node]["inputs"]["more_concepts"] = [previous, 0]
-    return p
+    """Chain a DNG Concept node per digit into ``node``'s more_concepts (devtools.dng_defaults.chain_concepts)."""
+    return chain_concepts(p, [{"class_type": "DNGDigitConditioning", "inputs": {"digit": d}} for d in digits],
+                          [f"digit {d}" for d in digits], lambda0s, node)

@@ -108,6 +108,27 @@ def random_shift(x: torch.Tensor, s: int, g: torch.Generator) -> torch.Tensor:
     return xp[idx_n, 0, rows[:, :, None], cols[:, None, :]][:, None]
 
 
+def noisy_batch(x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, eps): t ~ U[0, 999] continuous, x_t = sqrt(abar) x0 + sqrt(1 - abar) eps on the DDPM schedule."""
+    t = torch.rand(len(x0), generator=g, dtype=torch.float64) * 999.0
+    ab = alpha_bar_at(t, exact=True).float()[:, None, None, None]
+    eps = torch.randn(x0.shape, generator=g)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps, t.float(), eps
+
+
+def optimiser_step(net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   step: int, ema_decay: float) -> None:
+    """Backward, clip at 1, step, and the EMA (decay warmed up as (1 + step) / (10 + step))."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    d = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pn in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(pn, 1 - d)
+
+
 def train_denoiser(data, cfg: UNetConfig, steps: int, batch_size: int, lr: float, p_uncond: float, seed: int,
                    ema_decay: float) -> tuple[TinyUNet, dict]:
     torch.manual_seed(seed)
@@ -132,21 +153,11 @@ def train_denoiser(data, cfg: UNetConfig, steps: int, batch_size: int, lr: float
         x0 = x_all[idx].contiguous(memory_format=torch.channels_last)
         y = y_all[idx].clone()
         y[torch.rand(len(y), generator=g) < p_uncond] = NULL_LABEL
-        t = torch.rand(len(y), generator=g, dtype=torch.float64) * 999.0
-        ab = alpha_bar_at(t, exact=True).float()[:, None, None, None]
-        eps = torch.randn(x0.shape, generator=g)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        xt, t, eps = noisy_batch(x0, g)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, steps, lr, warmup=min(200, steps // 10))
-        loss = F.mse_loss(net(xt, t.float(), y), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - d)
+        loss = F.mse_loss(net(xt, t, y), eps)
+        optimiser_step(net, ema, opt, loss, step, ema_decay)
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-200:]):.4f}")

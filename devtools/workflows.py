@@ -396,9 +396,73 @@ def reference_concepts() -> WorkflowSpec:
         notes=[Note(note, (340, 460))], thumbnail=["30", "31", "10", "11", "13", "23"])
 
 
+# The text-conditioned shapes model (reference_model/shapes.py, text_network.py): offline, like the digits.
+SHAPES_NP_SCALE = 3.0  # NP's scale in the composition template (benchmarks/results/composition.md)
+
+
+def _shapes_case(p: dict, case: str, positive_id: str, base: int, seed: int) -> list[list[str | None]]:
+    """Plain, NP and DNG on one positive (negative "3"), same seed; returns the layout rows (one column each)."""
+    np_patch, dng_patch = str(base + 10), str(base + 20)
+    p[np_patch] = _node("DNGNegativePrompting", f"Negative Prompting ({case})", model=["1", 0],
+                        empty_conditioning=["2", 0], scale=SHAPES_NP_SCALE)
+    p[dng_patch] = _node("DynamicNegativeGuidance", f"Dynamic Negative Guidance ({case})", model=["1", 0],
+                         empty_conditioning=["2", 0], **DNG_DEFAULTS)
+    cols = []
+    for off, key, model, negative in ((0, "plain", ("1", 0), ("2", 0)), (10, "np", (np_patch, 0), ("3", 0)),
+                                      (20, "dng", (dng_patch, 0), ("3", 0))):
+        ks, grid, save, plot = (str(base + off + i) for i in range(1, 5))
+        p[ks] = _ksampler(model, seed, 20, 3.0, title=f"KSampler ({key}, {case})", negative=negative)
+        p[ks]["inputs"]["positive"] = [positive_id, 0]
+        p[ks]["inputs"]["latent_image"] = ["4", 0]
+        p[grid] = _node("DNGShapesToImage", "Shapes to Image Grid", samples=[ks, 0], columns=4, scale=8)
+        p[save] = _save((grid, 0), f"dng_composition_{case}_{key}",
+                        {"plain": "Plain (empty negative)", "np": "Negative Prompting", "dng": "DNG"}[key])
+        if key != "plain":
+            p[plot] = _plot((model[0], 1), (ks, 0), f"{key.upper()}: scale per step ({case})")
+        cols.append([model[0] if key != "plain" else None, ks, grid, save, plot if key != "plain" else None])
+    return [list(r) for r in zip(*cols)]
+
+
+def reference_composition() -> WorkflowSpec:
+    p = {
+        "1": _node("DNGShapesModelLoader", "Load DNG Shapes Model (text reference)"),
+        "2": _node("DNGShapesTextEncode", "Empty prompt (unconditional)", model=["1", 0], text=""),
+        "3": _node("DNGShapesTextEncode", "Negative = the concept to remove", model=["1", 0], text="red circle"),
+        "5": _node("DNGShapesTextEncode", "Positive (related): contains the concept", model=["1", 0],
+                   text="red circle and blue square"),
+        "6": _node("DNGShapesTextEncode", "Positive (unrelated): no red circle", model=["1", 0], text="blue square"),
+        "4": _node("DNGEmptyShapesLatent", "16 images", model=["1", 0], batch_size=16),
+    }
+    related = _shapes_case(p, "related", "5", 100, 11)
+    unrelated = _shapes_case(p, "unrelated", "6", 200, 11)
+    note = ("Offline, on the pack's text-conditioned reference model (16x16 scenes of coloured shapes with captions, "
+            "trained here and shipped with the pack, so nothing needs downloading). Its prompts go through one "
+            "encoder and cross-attention, as in Stable Diffusion.\n\n"
+            "The negative 'red circle' on two positives, each under plain sampling, Negative Prompting and Dynamic "
+            "Negative Guidance from the same seed:\n\n"
+            "- Related (top): 'red circle and blue square'. The concept is asked for; Negative Prompting at "
+            f"scale {SHAPES_NP_SCALE:g} removes most red circles, DNG at its defaults only some (its posterior is "
+            "that of the caption 'red circle', weak evidence in a two-object scene, and it rises late).\n"
+            "- Unrelated (bottom): 'blue square'. Nothing to remove: DNG's p_t stays near its prior and its plot near "
+            f"zero, while Negative Prompting pushes at scale {SHAPES_NP_SCALE:g} anyway.\n\n"
+            "Measured figures: benchmarks/results/composition.md. Settings: the DNG node defaults; KSampler cfg 3.")
+    rows = related + unrelated
+    return WorkflowSpec(
+        "dng_reference_composition", "Offline, on the text-conditioned shapes model: 'red circle' removed from 'red "
+        "circle and blue square' and left out of 'blue square', under plain, NP and DNG with their plots.", p,
+        blocks=[Block(0, 0, [360], [["1"], ["note:0"]]), Block(380, 0, [400], [["2"], ["3"], ["5"], ["6"], ["4"]]),
+                Block(800, 0, [360, 360, 360], rows)],
+        sizes={**{n: (340, 380) for n in p if p[n]["class_type"] in ("SaveImage", "DNGTracePlot")}},
+        groups=[Group("Related: 'red circle and blue square', negative 'red circle'",
+                      [n for r in related for n in r if n], GROUP_COLORS["dng"]),
+                Group("Unrelated: 'blue square', negative 'red circle'", [n for r in unrelated for n in r if n],
+                      GROUP_COLORS["np"])],
+        notes=[Note(note, (340, 520))], thumbnail=["3", "5"] + [n for n in related[3] if n])
+
+
 def specs() -> list[WorkflowSpec]:
     return [sd15_txt2img(), sdxl(), compare_methods(), unrelated_negative(), guider_custom_sampler(),
-            reference_demo(), reference_concepts()]
+            reference_demo(), reference_concepts(), reference_composition()]
 
 
 def shipped() -> dict[str, Path]:

@@ -12,8 +12,8 @@ from devtools.server import PromptRejected
 
 PACK_NODES = ["DynamicNegativeGuidance", "DNGSampler", "DNGGuider", "DNGConcept", "DNGTracePlot",
               "DNGNegativePrompting", "DNGSafeLatentDiffusion", "DNGReferenceModelLoader", "DNGDigitConditioning",
-              "DNGEmptyDigitLatent",
-              "DNGDigitsToImage"]
+              "DNGEmptyDigitLatent", "DNGDigitsToImage", "DNGShapesModelLoader", "DNGShapesTextEncode",
+              "DNGEmptyShapesLatent", "DNGShapesToImage"]
 
 
 def _valid_png(raw: bytes) -> tuple[int, int]:
@@ -33,7 +33,9 @@ CATEGORIES = {
     "DNGGuider": "model/sampling/guiders",
     "DNGNegativePrompting": "model/sampling/dng/baselines", "DNGSafeLatentDiffusion": "model/sampling/dng/baselines",
     **{n: "model/sampling/dng/reference model" for n in ("DNGReferenceModelLoader", "DNGDigitConditioning",
-                                                           "DNGEmptyDigitLatent", "DNGDigitsToImage")},
+                                                           "DNGEmptyDigitLatent", "DNGDigitsToImage",
+                                                           "DNGShapesModelLoader", "DNGShapesTextEncode",
+                                                           "DNGEmptyShapesLatent", "DNGShapesToImage")},
 }
 # The secondary knobs, folded away where the host supports advanced inputs
 _DNG_ADVANCED = {"offset", "p_min", "p_max", "posterior_variance", "posterior_form", "prune_concepts"}

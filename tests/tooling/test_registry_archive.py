@@ -1,7 +1,8 @@
 """What a user downloads: the git-tracked files minus ``.comfyignore`` (what ``comfy node publish`` zips).
 
 The archive must hold everything the nodes import and the demo needs, nothing of the development side (tests,
-benchmarks, devtools), stay under 4 MB, and the shipped code must not import what is left out.
+benchmarks, devtools), stay under 7 MiB (the two offline models' weights are 2.8 + 2.7 MB of it), and the shipped
+code must not import what is left out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_BYTES = 4 * 1024 * 1024
+MAX_BYTES = 7 * 1024 * 1024
 LEFT_OUT_PACKAGES = ("tests", "benchmarks", "devtools", "scripts")
 
 
@@ -54,6 +55,8 @@ def test_the_registry_archive_is_small_and_holds_what_users_need():
     assert size <= MAX_BYTES, f"{size / 1e6:.2f} MB > {MAX_BYTES / 1e6:.2f} MB"
     needed = ["__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE",
               "reference_model/weights/digits8_unet.safetensors", "example_workflows/dng_reference_demo.json",
+              "reference_model/weights/shapes16_unet.safetensors",
+              "example_workflows/dng_reference_composition.json",
               "web/dng_live.js", "web/docs/DynamicNegativeGuidance.md", "dng_core/posterior.py", "nodes/patch.py"]
     assert not [p for p in needed if p not in files], "the archive lacks files the pack needs"
     assert not [p for p in files if p.split("/")[0] in LEFT_OUT_PACKAGES]

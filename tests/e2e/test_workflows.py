@@ -121,7 +121,8 @@ def test_workflow_loads_converts_and_runs(name, page, comfy_server, rig_timings)
     assert notes and all(n["widgets_values"][0].strip() for n in notes), "every workflow explains itself in a Note"
     if spec is not None:
         note = notes[0]["widgets_values"][0]
-        if any(n["type"] == "DNGReferenceModelLoader" for n in workflow["nodes"]):  # offline: the shipped model
+        offline_loaders = ("DNGReferenceModelLoader", "DNGShapesModelLoader")
+        if any(n["type"] in offline_loaders for n in workflow["nodes"]):  # offline: a shipped model
             assert "reference model" in note and "download" in note, "the note says the model ships with the pack"
         else:
             assert any(ckpt in note for ckpt in MODELS), "the note names the model to load"

@@ -56,13 +56,16 @@ class UNetConfig:
 
     @classmethod
     def from_json(cls, s: str | dict) -> "UNetConfig":
-        d = json.loads(s) if isinstance(s, str) else dict(s)
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        for k in ("channel_mults", "data_range"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return config_from_json(cls, s, ("channel_mults", "data_range"))
+
+
+def config_from_json(cls: type, s: str | dict, tuple_keys: tuple[str, ...]) -> Any:
+    """A config dataclass from its JSON (or dict): unknown keys dropped (older/newer files), ``tuple_keys`` back to
+    tuples (JSON has only lists)."""
+    d = json.loads(s) if isinstance(s, str) else dict(s)
+    known = {f.name for f in fields(cls)}
+    d = {k: tuple(v) if k in tuple_keys else v for k, v in d.items() if k in known}
+    return cls(**d)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -17,7 +17,7 @@ safetensors metadata, so :func:`load_text_model` rebuilds both networks from the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .network import ResBlock, _load, _save, timestep_embedding
+from .network import ResBlock, _load, _save, config_from_json, timestep_embedding
 from .schedule import SAMPLING_SETTINGS
 from .shapes import CONTEXT_LENGTH, IMAGE_SIZE, VOCAB, tokenize_batch
 
@@ -59,12 +59,7 @@ class TextUNetConfig:
 
     @classmethod
     def from_json(cls, s: str | dict) -> "TextUNetConfig":
-        d = json.loads(s) if isinstance(s, str) else dict(s)
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        for k in ("channel_mults", "attention_levels", "data_range"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return config_from_json(cls, s, ("channel_mults", "attention_levels", "data_range"))
 
 
 class PromptEncoder(nn.Module):

@@ -22,15 +22,15 @@ from .plotting import PlottingUnavailable, plot_message, plot_trace
 from .parametrisation import Parametrisation, ReverseKernel, reverse_kernel
 from .path import PathPoint, path_log_odds_change
 from .pruning import ConceptPruner, PruningPolicy
-from .posterior import (MAX_RATE, PAPER_MODE, PosteriorConfig, PosteriorForm, PosteriorTracker, PosteriorVariance,
-                        compose_increment, guidance_scale, posterior_increment)
+from .posterior import (MAX_RATE, PAPER_MODE, EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker,
+                        PosteriorVariance, compose_increment, guidance_scale, posterior_increment)
 from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, RunContinuation, SLDRun, StepAligner,
                   tensor_fingerprint)
 from .trace import GuidanceTrace, StepRecord
 
 __all__ = [
-    "ConceptPruner", "PruningPolicy", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm", "compose_increment",
-    "path_log_odds_change",
+    "ConceptPruner", "PruningPolicy", "EvidencePath", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm",
+    "compose_increment", "path_log_odds_change",
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
     "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
     "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",

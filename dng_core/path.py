@@ -25,6 +25,7 @@ x = alpha x_ve, a divergence taken in the state x converts as div_ve D = alpha d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ import torch
 from .parametrisation import Parametrisation
 
 __all__ = ["PathPoint", "PROBE_STEP", "probe_direction", "probe_offset", "divergence_difference",
-           "path_log_odds_change"]
+           "path_log_odds_change", "euler_coefficients"]
 
 #: Finite-difference step of the divergence probe, relative to the noise level (h = PROBE_STEP * sigma_ve in
 #: the variance-exploding state): small next to sigma, where the denoiser is smooth, large next to float32's
@@ -113,3 +114,14 @@ def path_log_odds_change(start: PathPoint, end: PathPoint,
     x1, g1, h1, s1 = end.terms(parametrisation)
     change = 0.5 * ((g0 + g1) * (x1 - x0)).sum(1) + 0.5 * (h0 + h1) * (s1 - s0)
     return torch.nan_to_num(change, nan=0.0)
+
+
+
+def euler_coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
+    """(r, c) of an euler step x' = r x + c D from sigma to sigma_next in the sampler's state: r = sigma' / sigma,
+    c = 1 - sigma' / sigma, in the variance-exploding state (x' = x + (sigma' - sigma) (x - D) / sigma) and in the
+    rectified-flow one alike (there sigma is t). (1, 0) where the step starts without noise."""
+    if not (sigma > 0.0 and math.isfinite(sigma)):
+        return 1.0, 0.0
+    r = sigma_next / sigma
+    return r, 1.0 - r

@@ -58,8 +58,8 @@ import torch
 from .parametrisation import Parametrisation, reverse_kernel
 from .path import PathPoint, path_log_odds_change
 
-__all__ = ["PosteriorConfig", "PosteriorForm", "PosteriorVariance", "PosteriorTracker", "posterior_increment",
-           "compose_increment", "PAPER_MODE",
+__all__ = ["EvidencePath", "PosteriorConfig", "PosteriorForm", "PosteriorVariance", "PosteriorTracker",
+           "posterior_increment", "compose_increment", "PAPER_MODE",
            "guidance_scale", "MAX_RATE"]
 
 #: Default bound R on the rise of log p per e-fold of sigma in the ``rate`` form (see the module docstring).
@@ -97,6 +97,36 @@ class PosteriorVariance(str, enum.Enum):
         return self is PosteriorVariance.PATH
 
 
+class EvidencePath(str, enum.Enum):
+    """Which step the evidence is read from.
+
+    ``SAMPLED`` (the paper): the step the sampler took, DNG's own push away from the concept included.
+    ``UNCORRECTED``: the same step with DNG's push taken back out, i.e. the step the positive prompt alone would
+    have made from the same state. Why it exists: with the sampled step the posterior reads its own correction
+    as evidence *against* the concept, which closes a loop. For one concept, with D_g - D_u = s (D_pos - D_u) -
+    lambda Delta (Delta = D_neg - D_u) and the kernel estimator, a step's expected evidence is
+
+        E[e] = coef_d^2 / (2 v) * (2 s <D_pos - D_u, Delta> - (2 lambda + 1) |Delta|^2),
+
+    zero at lambda* = s <D_pos - D_u, Delta> / |Delta|^2 - 1/2 whatever lambda0 is: above lambda* p falls, below
+    it p rises. The loop holds the sample's drift along Delta at |Delta| / 2, half-way to the concept, the point
+    where the step is equally likely under the concept and without it. Where the positive prompt itself pulls
+    towards the concept (it names it, or shares a word), half-way is often enough to draw it
+    (benchmarks/results/composition_timing.md). Reading the uncorrected step drops the lambda term: p rises
+    where the positive pulls towards the concept by more than half of the concept's own pull and falls where it
+    does not, so the scale settles at lambda0 p_max / (1 - p_max) or near 0, and lambda0 takes the size of a
+    negative prompt's scale. The push taken back out is c * sum_k lambda_k (D_neg_k - D_u), with c the step's
+    coefficient of the prediction: the reverse kernel's coef_d (ancestral steps) for the kernel estimators; the
+    path estimator, which reads the state itself, follows the state without the pushes (x plus an offset that
+    an euler step carries as sigma'/sigma offset + (1 - sigma'/sigma) push). Exact for first-order steps with
+    predictions that do not depend on x (tests/core/test_evidence_path.py); otherwise the predictions are those
+    at the sampled state, a first-order approximation.
+    """
+
+    SAMPLED = "sampled"
+    UNCORRECTED = "uncorrected"
+
+
 class PosteriorForm(str, enum.Enum):
     """How evidence becomes an update (module docstring): ``PAPER`` is Algorithm 2 with a per-step offset and no
     bound (the exact mode); ``RATE`` has the offset and a bound as rates per e-fold of sigma."""
@@ -129,6 +159,8 @@ class PosteriorConfig:
     form:        ``rate`` (default) or ``paper`` (Algorithm 2, the exact mode).
     max_rate:    R, the bound on the rise of log p per e-fold of sigma (one step: at most one e-fold's worth) in
                  the ``rate`` form; 0 = unbounded.
+    evidence:    ``sampled`` (default, the paper) or ``uncorrected`` (see EvidencePath): whether the step's
+                 evidence includes DNG's own push away from the concept.
     """
 
     prior: float = 3e-4
@@ -139,6 +171,7 @@ class PosteriorConfig:
     variance: PosteriorVariance = PosteriorVariance.AUTO
     form: PosteriorForm = PosteriorForm.RATE
     max_rate: float = MAX_RATE
+    evidence: EvidencePath = EvidencePath.SAMPLED
 
     def __post_init__(self) -> None:
         _check_probability("prior", self.prior)
@@ -158,6 +191,7 @@ class PosteriorConfig:
             raise ValueError(f"max_rate must be a finite number >= 0 (0: unbounded), got {self.max_rate!r}")
         object.__setattr__(self, "variance", PosteriorVariance(self.variance))
         object.__setattr__(self, "form", PosteriorForm(self.form))
+        object.__setattr__(self, "evidence", EvidencePath(self.evidence))
 
     def resolved(self, stochastic: bool | None) -> "PosteriorConfig":
         """This config with ``variance`` AUTO replaced by the estimator for the run's sampler."""
@@ -168,6 +202,7 @@ class PosteriorConfig:
         out = asdict(self)
         out["variance"] = self.variance.value
         out["form"] = self.form.value
+        out["evidence"] = self.evidence.value
         return out
 
 

@@ -32,9 +32,9 @@ import torch
 
 from .baselines import SLDConfig, SLDState, sld_denoised
 from .guidance import check_scale_args, combine_guidance
-from .parametrisation import Parametrisation
-from .path import PathPoint, divergence_difference, probe_direction, probe_offset
-from .posterior import PosteriorConfig, PosteriorTracker, guidance_scale
+from .parametrisation import Parametrisation, reverse_kernel
+from .path import PathPoint, divergence_difference, euler_coefficients, probe_direction, probe_offset
+from .posterior import EvidencePath, PosteriorConfig, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
 
@@ -333,11 +333,15 @@ class _StepInputs:
     d_u: torch.Tensor
     d_negs: list[torch.Tensor | None]  # None: the concept was not predicted (pruned)
     div_diffs: list[torch.Tensor | None] | None = None  # the path estimator's, per concept
+    scale: torch.Tensor | None = None  # [K, B], the scales this step applied (0 for a concept not predicted)
+    # the uncorrected evidence's path estimator: where the state would be without DNG's pushes so far, minus x
+    offset: torch.Tensor | None = None
 
     def path_point(self, k: int) -> PathPoint | None:
         if self.div_diffs is None or self.d_negs[k] is None or self.div_diffs[k] is None:
             return None
-        return PathPoint(self.x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
+        x = self.x if self.offset is None else self.x + self.offset
+        return PathPoint(x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
 
 
 class DNGRun(GuidedRun):
@@ -418,18 +422,53 @@ class DNGRun(GuidedRun):
         the path estimator's point at x; without it that estimator has no evidence for the transition), and
         per concept whether evidence was folded in (a concept not predicted at an end keeps its posterior)."""
         prev = self._confirmed_inputs
+        push = self._own_push(prev)
+        if self.needs_probe and here is not None and prev is not None and (push is not None or
+                                                                          prev.offset is not None):
+            # the path estimator reads the state, which keeps every earlier push: follow the state without them,
+            # x + offset, whose offset an euler step carries as r * offset + c * push (exact for first-order
+            # steps with predictions that do not depend on x; the predictions stay those at x)
+            r, c = euler_coefficients(prev.sigma, sigma)
+            offset = r * prev.offset if prev.offset is not None else None
+            if push is not None:
+                offset = c * push if offset is None else offset + c * push
+            here.offset = offset
         rows, observed = [], []
         for k, t in enumerate(self.trackers):
             new = None
             if prev is not None and prev.d_negs[k] is not None:
                 if not self.needs_probe:
-                    new = t.propose(prev.x, x, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
+                    # the kernel's evidence depends on the state only through x' - coef_x x, so adding the
+                    # step's own push to x' is the same as following the state without any of them
+                    x_read = x if push is None else x + self._kernel_coefficient(prev, sigma, x) * push
+                    new = t.propose(prev.x, x_read, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
                 elif here is not None:
                     a, b = prev.path_point(k), here.path_point(k)
                     new = t.propose_path(a, b) if a is not None and b is not None else None
             rows.append(t.log_p if new is None else new)
             observed.append(new is not None)
         return torch.stack(rows), torch.tensor(observed)
+
+    def _own_push(self, prev: _StepInputs | None) -> torch.Tensor | None:
+        """sum_k lambda_k (D_neg_k - D_u) of the step from ``prev``: the prediction's shift DNG's own guidance
+        made, which the ``uncorrected`` evidence takes back out (posterior.EvidencePath); None for ``sampled``
+        or where nothing was pushed."""
+        if self.config.posterior.evidence is not EvidencePath.UNCORRECTED or prev is None or prev.scale is None:
+            return None
+        push = None
+        for k, d_neg in enumerate(prev.d_negs):
+            if d_neg is None:
+                continue
+            lam = prev.scale[k].to(prev.d_u.dtype).reshape((-1,) + (1,) * (prev.d_u.dim() - 1))
+            term = lam * (d_neg - prev.d_u)
+            push = term if push is None else push + term
+        return push
+
+    def _kernel_coefficient(self, prev: _StepInputs, sigma: float, x: torch.Tensor) -> torch.Tensor:
+        """The reverse kernel's coefficient of the prediction for the step prev.sigma -> sigma, [B, 1, ...]."""
+        kernel = reverse_kernel(torch.tensor([float(prev.sigma)], dtype=torch.float64),
+                                torch.tensor([float(sigma)], dtype=torch.float64), self.parametrisation)
+        return kernel.coef_d.to(device=x.device, dtype=x.dtype).reshape((1,) * x.dim())
 
     def _divergences(self, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
                      d_negs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -460,6 +499,7 @@ class DNGRun(GuidedRun):
         scale = self._scale(log_p)
         out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
         predicted = [d is not None for d in d_negs]
+        inputs.scale = _zero_unpredicted(scale, predicted).detach().clone()
         settled = ~self.pruner.wants.clone() if self.pruner is not None else None
         return out, _Candidate(step, sigma, (log_p, inputs, observed), _zero_unpredicted(scale, predicted),
                                log_p.exp(), predicted if self.pruner is not None else None, settled)

@@ -13,7 +13,8 @@ from comfy_api.latest import io
 
 from ..dng_core import DNGConfig, DNGRun, Parametrisation, PruningPolicy, TraceHistory
 from .inputs import (NegativeConcept, TraceHandle, concept_list, concepts_inputs, dng_config, dng_inputs,
-                     empty_conditioning_input, pruning_policy, require_finite, validate_posterior_bounds)
+                     empty_conditioning_input, evidence_inputs, pruning_policy, require_finite,
+                     validate_posterior_bounds)
 from .patch import StepEvents, aligned_predictions, current_slot, install_run_wrapper, patch_model
 from .schema import CATEGORY, GUIDERS_CATEGORY, schema
 
@@ -87,6 +88,7 @@ class DynamicNegativeGuidance(_DNGNode):
                 empty_conditioning_input(),
                 *dng_inputs(),
                 *concepts_inputs(),
+                *evidence_inputs(),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The patched model; use it in a KSampler whose "
@@ -137,6 +139,7 @@ class DNGSampler(_DNGNode):
                                tooltip="Amount of denoising applied; lower values keep more of the input latent."),
                 *dng_inputs(),
                 *concepts_inputs(),
+                *evidence_inputs(),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The denoised latent."),
@@ -225,6 +228,7 @@ class DNGGuider(_DNGNode):
                                tooltip="Classifier-free guidance scale towards the positive prompt."),
                 *dng_inputs(),
                 *concepts_inputs(),
+                *evidence_inputs(),
             ],
             outputs=[
                 io.Guider.Output(display_name="GUIDER", tooltip="Connect to SamplerCustomAdvanced's guider."),

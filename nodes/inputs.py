@@ -9,7 +9,8 @@ from comfy_api.latest import io
 
 from dataclasses import dataclass
 
-from ..dng_core import LAMBDA0_MAX, DNGConfig, PosteriorConfig, PosteriorForm, PosteriorVariance, PruningPolicy
+from ..dng_core import (LAMBDA0_MAX, DNGConfig, EvidencePath, PosteriorConfig, PosteriorForm, PosteriorVariance,
+                        PruningPolicy)
 from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
@@ -123,14 +124,43 @@ def dng_inputs() -> list[io.Input]:
     ]
 
 
+def evidence_inputs() -> list[io.Input]:
+    """The posterior's evidence path; last in the schema (after prune_concepts), so the widget values of
+    workflows saved before it existed keep their positions."""
+    return [
+        io.Combo.Input("evidence", options=[e.value for e in EvidencePath], default=EvidencePath.SAMPLED.value,
+                       optional=True, **advanced(),
+                       tooltip="What the posterior reads at each step. 'sampled' (default, the paper): the step "
+                               "the sampler took, DNG's own push away from the concept included; p then settles "
+                               "where that push balances the positive prompt's pull towards the concept, which "
+                               "leaves the image half-way to it. 'uncorrected': the same step with DNG's own push "
+                               "taken back out, so p rises to p_max when the positive prompt pulls towards the "
+                               "concept and falls to p_min when it does not; lambda0 then has the size of a "
+                               "negative prompt's scale (the largest scale is lambda0 * p_max / (1 - p_max), 4 "
+                               "lambda0 at the default p_max). Measured on the pack's text-conditioned shapes "
+                               "model only (benchmarks/results/composition_timing.md)."),
+    ]
+
+
 def dng_config(lambda0: float, prior: float, temperature: float, offset: float, p_min: float, p_max: float,
                posterior_variance: str = PosteriorVariance.AUTO.value,
                posterior_form: str | None = None, more_concepts: Any = None, prune_concepts: Any = None,
-               **_: Any) -> DNGConfig:
+               evidence: str | None = None, **_: Any) -> DNGConfig:
     """The core config from node inputs; raises ValueError naming the input and the valid range."""
-    posterior_form = posterior_form or _DEFAULTS.posterior.form.value
-    return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max,
-                                              PosteriorVariance(posterior_variance), PosteriorForm(posterior_form)))
+    variance = _choice("posterior_variance", posterior_variance, PosteriorVariance)
+    form = _choice("posterior_form", posterior_form or _DEFAULTS.posterior.form.value, PosteriorForm)
+    path = _choice("evidence", evidence or _DEFAULTS.posterior.evidence.value, EvidencePath)
+    return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max, variance, form,
+                                              evidence=path))
+
+
+def _choice(name: str, value: Any, options: Any) -> Any:
+    """The enum member for a combo input's value; ComfyUI 0.3.75 does not check V3 combo values at validation,
+    so an unknown one is refused here, naming the input and its options."""
+    try:
+        return options(value)
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not one of: {', '.join(o.value for o in options)}") from None
 
 
 def validate_posterior_bounds(prior: Any, p_min: Any, p_max: Any) -> bool | str:

@@ -37,6 +37,8 @@ def _errors_of(res, node: str) -> list[dict]:
 SAMPLER_CASES = [
     ("sampler_name bogus", {"sampler_name": "bogus"}, {"sampler_name"}, "bogus"),
     ("scheduler bogus", {"scheduler": "bogus"}, {"scheduler"}, "bogus"),
+    ("posterior_variance bogus", {"posterior_variance": "bogus"}, {"posterior_variance"}, "bogus"),
+    ("evidence bogus", {"evidence": "bogus"}, {"evidence"}, "bogus"),
     ("denoise 2.0", {"denoise": 2.0}, {"denoise"}, "bigger than max"),
     ("cfg -5", {"cfg": -5.0}, {"cfg"}, "smaller than min"),
     ("seed -1", {"seed": -1}, {"seed"}, "smaller than min"),

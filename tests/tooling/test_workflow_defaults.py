@@ -20,8 +20,9 @@ DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 def _defaults() -> list:
     c = DNGConfig()
     p = c.posterior
-    # the DNG inputs, then prune_concepts (on by default; more_concepts is a link, not a widget)
-    return [c.lambda0, p.prior, p.temperature, p.offset, p.p_min, p.p_max, p.variance.value, p.form.value, True]
+    # the DNG inputs, then prune_concepts (on by default; more_concepts is a link, not a widget), then evidence
+    return [c.lambda0, p.prior, p.temperature, p.offset, p.p_min, p.p_max, p.variance.value, p.form.value, True,
+            p.evidence.value]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

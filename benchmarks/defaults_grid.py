@@ -4,8 +4,9 @@ Cells (``CELLS``): digits8 x {euler_ancestral, dpmpp_2m_sde, euler, dpmpp_2m} x 
 {euler_ancestral, euler} x 20 steps. In every cell, for each seed:
 
 * ``removal`` (unconditional generation, remove digit 0; N = ``N_REMOVAL``): plain; DNG at every lambda0 of the
-  sweep, every other DNG input at the node default (or ``--dng KEY=VALUE`` overrides, then ``uses_defaults`` is
-  false); negative prompting and SLD (the paper's class-removal setting) at their sweeps;
+  sweep, every other DNG input at the node default (or ``--dng KEY=VALUE`` overrides; ``uses_defaults`` is true
+  when every input but lambda0 equals today's node default, and a DNG row's key names the inputs that differ, so
+  rows of several settings live side by side); negative prompting and SLD (the paper's class-removal setting) at their sweeps;
 * ``unrelated`` (positive 7 with CFG 2.5, negative 0; N = ``N_UNRELATED``): plain, DNG at every lambda0, NP at every
   scale; ``mean_abs_change`` is the mean |x - x_plain| against plain sampling with the same seed.
 
@@ -93,6 +94,19 @@ def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
     return [p for p in out if p.method in methods]
 
 
+def setting_suffix(params: dict[str, Any]) -> str:
+    """The part of a DNG row's key that names its inputs (lambda0 aside) that differ from the node defaults:
+    "" at the defaults, e.g. "/evidence=sampled" otherwise. Inputs a row predates count as their value then
+    (``evidence`` was ``sampled`` before it existed)."""
+    defaults = node_defaults()
+    then = {**defaults, "evidence": "sampled", **{k: v for k, v in params.items() if k != "lambda0"}}
+    return "".join(f"/{k}={then[k]}" for k in sorted(defaults) if then[k] != defaults[k])
+
+
+def row_key(pt: Point, dng_params: dict[str, Any]) -> str:
+    return pt.key + (setting_suffix(dng_params) if pt.method == "dng" else "")
+
+
 def shard(items: Sequence[Point], spec: str) -> list[Point]:
     """``"i/n"``: items i, i + n, i + 2n, ..."""
     i, n = (int(v) for v in spec.split("/"))
@@ -134,7 +148,7 @@ class _Runner:
         self.scorers: dict[str, Any] = {}
         self.cache = out / "cache"
         self.dng = {**node_defaults(), **dng_overrides}
-        self.uses_defaults = not dng_overrides
+        self.uses_defaults = setting_suffix(self.dng) == ""
 
     def scorer(self, model: str):
         from benchmarks.common import Scorer
@@ -215,8 +229,9 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
               sld_scales: Sequence[float] = SLD_SCALES) -> int:
     from benchmarks.common import log
 
+    dng = {**node_defaults(), **dng_overrides}
     todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales), spec)
-            if p.key not in done_keys(out)]
+            if row_key(p, dng) not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
         return 0
@@ -226,12 +241,12 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
     t0 = time.perf_counter()
     for i, pt in enumerate(todo, 1):
         row = runner.run(pt)
-        row["key"] = pt.key
+        row["key"] = row_key(pt, runner.dng)
         with part.open("a") as f:
             f.write(json.dumps(row) + "\n")
         scores = (f"change {row['mean_abs_change']:.4f}" if pt.case == "unrelated" else
                   f"forbidden {row['forbidden_pct']:.1f} % KL {row['kl']:.3f} FD {row['fd_clf']:.2f}")
-        log(f"[{i}/{len(todo)}] {pt.key}: {scores} ({row['seconds']:.0f} s)")
+        log(f"[{i}/{len(todo)}] {row['key']}: {scores} ({row['seconds']:.0f} s)")
     log(f"shard {spec}: {len(todo)} points in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
@@ -313,11 +328,18 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     rows = []
     for part in sorted((out / "parts").glob("*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+    for r in rows:  # a DNG row's key names its setting against today's defaults (rows of earlier runs included)
+        if r["method"] == "dng":
+            r["key"] = _point_key(r) + setting_suffix(r.get("dng_params", {}))
     by_key = {r["key"]: r for r in rows}  # a point run twice (two shardings) counts once
     rows = sorted(by_key.values(), key=lambda r: r["key"])
+    for r in rows:  # against today's node defaults: a row measured at an earlier default is no longer one
+        if r["method"] == "dng":
+            r["uses_defaults"] = setting_suffix(r.get("dng_params", {})) == ""
     cells: dict[tuple, list[dict]] = {}
-    for r in rows:
-        cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+    for r in rows:  # the verdicts judge the default setting; other settings' rows stay in the json
+        if r["method"] != "dng" or r["uses_defaults"]:
+            cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
     from dng_core import DNGConfig
 
     default = DNGConfig().lambda0
@@ -327,10 +349,31 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
                   for (m, s, n, seed), rs in sorted(cells.items())]
     results.mkdir(parents=True, exist_ok=True)
     (results / "defaults_grid.json").write_text(json.dumps(rows, indent=1) + "\n")
+    others = {}  # the other settings measured (e.g. an earlier default), each at its own weakest safe lambda0
+    for suffix in sorted({r["key"][len(_point_key(r)):] for r in rows if r["method"] == "dng"} - {""}):
+        per_cell: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if r["method"] != "dng" or r["key"][len(_point_key(r)):] == suffix:
+                per_cell.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+        per_cell = {c: rs for c, rs in per_cell.items() if any(r["method"] == "dng" for r in rs)}
+        weakest = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs)}
+                   for (m, s, n, seed), rs in sorted(per_cell.items())]
+        # the one lambda0 of this setting that meets every target in the most cells (ties: the weaker)
+        best: tuple[int, float, list[dict]] | None = None
+        for lam in sorted({r["strength"] for rs in per_cell.values() for r in rs if r["method"] == "dng"}):
+            at = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, lam)}
+                  for (m, s, n, seed), rs in sorted(per_cell.items())]
+            met = sum(1 for v in at if v.get("all_met"))
+            if best is None or met > best[0]:
+                best = (met, lam, at)
+        others[suffix.strip("/")] = {"weakest_safe": weakest, "one_lambda0": best[1] if best else None,
+                                     "at_one_lambda0": best[2] if best else []}
     (results / "defaults_grid_verdicts.json").write_text(json.dumps(
-        {"default_lambda0": default, "at_default": at_default, "weakest_safe": verdicts}, indent=1) + "\n")
-    write_markdown(results / "defaults_grid.md", verdicts, rows, at_default, default)
-    plot_grid(results / "defaults_grid.png", rows, default)
+        {"default_lambda0": default, "at_default": at_default, "weakest_safe": verdicts,
+         "other_settings_weakest_safe": others}, indent=1) + "\n")
+    write_markdown(results / "defaults_grid.md", verdicts, rows, at_default, default, others)
+    plot_grid(results / "defaults_grid.png", [r for r in rows if r["method"] != "dng" or r["uses_defaults"]],
+              default)
     return {"rows": len(rows), "cells": len(verdicts)}
 
 
@@ -398,8 +441,13 @@ def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _point_key(row: dict) -> str:
+    return Point(row["model"], row["sampler"], row["steps"], row["seed"], row["case"], row["method"],
+                 row["strength"]).key
+
+
 def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], at_default: Sequence[dict],
-                   default: float) -> None:
+                   default: float, others: dict[str, dict[str, Any]] | None = None) -> None:
     hosts = sorted({r["host"] for r in rows})
     lines = ["# Defaults grid: one DNG setting on every cell", "",
              f"Host: ComfyUI {', '.join(hosts) or '-'}. Rows: {len(rows)} points "
@@ -417,6 +465,14 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
     single = [f"{m}/{s}/{n}" for (m, s, n), ss in sorted(seeds.items()) if len(ss) < 2]
     if single:
         lines += ["", "Cells with one seed only (verdicts need a second): " + ", ".join(single) + "."]
+    for name, other in (others or {}).items():
+        lines += ["", f"## Another setting: {name} (the rest at today's defaults), at each cell's weakest safe "
+                  "lambda0", ""]
+        lines += _verdict_table(other["weakest_safe"])
+        if other["one_lambda0"] is not None:
+            lines += ["", f"The same setting at one lambda0 for every cell, {other['one_lambda0']:g} (its lambda0 "
+                      "that meets every target in the most cells; 'no point': not run there):", ""]
+            lines += _verdict_table(other["at_one_lambda0"])
     lines += ["", "'- -': a baseline series not run at that seed (not measured, not missed). Sampling time of all "
               f"points: {sum(r.get('seconds') or 0 for r in rows) / 3600:.1f} core-hours (the host's own timing "
               "of each prompt, on this 2-core machine with one point per core)."]
@@ -448,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {}
     for item in args.dng:
         k, v = item.split("=", 1)
-        overrides[k] = v if k in ("posterior_variance", "posterior_form") else float(v)
+        overrides[k] = v if k in ("posterior_variance", "posterior_form", "evidence") else float(v)
     if args.list:
         for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales):
             print(p.key)

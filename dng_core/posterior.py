@@ -121,10 +121,27 @@ class EvidencePath(str, enum.Enum):
     an euler step carries as sigma'/sigma offset + (1 - sigma'/sigma) push). Exact for first-order steps with
     predictions that do not depend on x (tests/core/test_evidence_path.py); otherwise the predictions are those
     at the sampled state, a first-order approximation.
+
+    Why ``uncorrected`` is not the default: its expected evidence, coef_d^2 / (2 v) (2 s <D_pos - D_u, Delta> -
+    |Delta|^2), is positive wherever s <D_pos - D_u, Delta> > |Delta|^2 / 2. CFG's scale s multiplies the
+    positive's pull, so at cfg 7 a positive whose pull along Delta is 1/14 of the concept's own drives p to p_max
+    (lambda = 4 lambda0), where the paper's loop would settle at lambda* = 7 * 1/14 - 1/2 = 0. On the digit models
+    (cfg 2.5, class embeddings) it beat the sampled evidence (benchmarks/results/defaults_grid.md, "another
+    setting"); on models whose prompts share a direction it raises p to p_max for every negative (the test
+    suite's random-weight SD1.5 checkpoint: every image by the second of 6 euler steps; Stable Diffusion's
+    generic "any prompt" direction may do the same).
+
+    ``UNGUIDED``: the step with CFG's extrapolation taken out as well, i.e. the step sampling from the positive
+    prompt's own model (s = 1) would have made: the push taken back out is sum_k lambda_k Delta_k - (s - 1)
+    (D_pos - D_u). Its expected evidence, coef_d^2 / (2 v) (2 <D_pos - D_u, Delta> - |Delta|^2), is positive
+    where the positive's own pull along Delta exceeds half of the concept's, whatever the cfg: the posterior of
+    the concept for an image of the positive prompt, the quantity the paper's p_t stands for. Without a positive
+    prediction (D_pos None) it is ``uncorrected``.
     """
 
     SAMPLED = "sampled"
     UNCORRECTED = "uncorrected"
+    UNGUIDED = "unguided"
 
 
 class PosteriorForm(str, enum.Enum):
@@ -136,8 +153,9 @@ class PosteriorForm(str, enum.Enum):
 
 
 #: The settings that make a PosteriorConfig the paper's Algorithm 2 exactly (the exact mode): the kernel
-#: likelihood ratio, the per-step offset, no bound. ``PosteriorConfig(prior=..., **PAPER_MODE)``.
-PAPER_MODE: dict[str, str] = {"form": PosteriorForm.PAPER.value, "variance": PosteriorVariance.KERNEL.value}
+#: likelihood ratio of the sampled step, the per-step offset, no bound. ``PosteriorConfig(prior=..., **PAPER_MODE)``.
+PAPER_MODE: dict[str, str] = {"form": PosteriorForm.PAPER.value, "variance": PosteriorVariance.KERNEL.value,
+                              "evidence": EvidencePath.SAMPLED.value}
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -159,8 +177,8 @@ class PosteriorConfig:
     form:        ``rate`` (default) or ``paper`` (Algorithm 2, the exact mode).
     max_rate:    R, the bound on the rise of log p per e-fold of sigma (one step: at most one e-fold's worth) in
                  the ``rate`` form; 0 = unbounded.
-    evidence:    ``sampled`` (default, the paper) or ``uncorrected`` (see EvidencePath): whether the step's
-                 evidence includes DNG's own push away from the concept.
+    evidence:    ``sampled`` (default, the paper), ``uncorrected`` or ``unguided`` (see EvidencePath): whether
+                 the step's evidence includes DNG's own push away from the concept (and CFG's extrapolation).
     """
 
     prior: float = 3e-4

@@ -336,6 +336,8 @@ class _StepInputs:
     scale: torch.Tensor | None = None  # [K, B], the scales this step applied (0 for a concept not predicted)
     # the uncorrected evidence's path estimator: where the state would be without DNG's pushes so far, minus x
     offset: torch.Tensor | None = None
+    # the unguided evidence: (s - 1) (D_pos - D_u), CFG's extrapolation beyond the positive's own prediction
+    cfg_extra: torch.Tensor | None = None
 
     def path_point(self, k: int) -> PathPoint | None:
         if self.div_diffs is None or self.d_negs[k] is None or self.div_diffs[k] is None:
@@ -344,10 +346,22 @@ class _StepInputs:
         return PathPoint(x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
 
 
+@dataclass(frozen=True)
+class DNGState:
+    """What a DNG pass hands to the pass that continues it: log p per concept and image, [K, B], and, for the
+    uncorrected evidence's path estimator, where the state would be without DNG's pushes so far minus the final
+    state (None when there is none to carry)."""
+
+    log_p: torch.Tensor
+    path_offset: torch.Tensor | None = None
+
+
 class DNGRun(GuidedRun):
     """Dynamic Negative Guidance over one sampling run; one posterior per concept and batch element."""
 
     method = "dng"
+    _carried_offset: torch.Tensor | None = None
+    _end_offset: torch.Tensor | None = None
 
     def __init__(self, config: DNGConfig, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
                  parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
@@ -409,12 +423,17 @@ class DNGRun(GuidedRun):
         if self.pruning is not None:
             self.pruner = ConceptPruner(self.pruning, self.concepts, int(x.shape[0]), self.config.posterior.prior,
                                         x.device)
+        self._carried_offset = None
         if self.continues is not None:  # the posterior where the earlier pass left it, not the prior
-            for tracker, log_p in zip(self.trackers, self.continues.state):
+            state: DNGState = self.continues.state
+            for tracker, log_p in zip(self.trackers, state.log_p):
                 tracker.log_p = log_p.to(tracker.log_p)
+            self._carried_offset = state.path_offset
 
-    def _final_state(self) -> torch.Tensor | None:
-        return torch.stack([t.log_p.clone() for t in self.trackers]) if self.trackers else None
+    def _final_state(self) -> "DNGState | None":
+        if not self.trackers:
+            return None
+        return DNGState(torch.stack([t.log_p.clone() for t in self.trackers]), self._end_offset)
 
     def _log_p_at(self, x: torch.Tensor, sigma: float,
                   here: _StepInputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,11 +470,13 @@ class DNGRun(GuidedRun):
 
     def _own_push(self, prev: _StepInputs | None) -> torch.Tensor | None:
         """sum_k lambda_k (D_neg_k - D_u) of the step from ``prev``: the prediction's shift DNG's own guidance
-        made, which the ``uncorrected`` evidence takes back out (posterior.EvidencePath); None for ``sampled``
-        or where nothing was pushed."""
-        if self.config.posterior.evidence is not EvidencePath.UNCORRECTED or prev is None or prev.scale is None:
+        made, which the ``uncorrected`` evidence takes back out (posterior.EvidencePath); the ``unguided`` one
+        also takes back CFG's extrapolation, - (s - 1) (D_pos - D_u). None for ``sampled`` or where nothing was
+        pushed."""
+        evidence = self.config.posterior.evidence
+        if evidence is EvidencePath.SAMPLED or prev is None or prev.scale is None:
             return None
-        push = None
+        push = -prev.cfg_extra if evidence is EvidencePath.UNGUIDED and prev.cfg_extra is not None else None
         for k, d_neg in enumerate(prev.d_negs):
             if d_neg is None:
                 continue
@@ -495,11 +516,15 @@ class DNGRun(GuidedRun):
         divs = self._divergences(x, sigma, d_u, d_negs) if self.needs_probe else None
         inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(),
                              [None if d is None else d.detach().clone() for d in d_negs], divs)
+        if self._confirmed_inputs is None and self._carried_offset is not None:  # a continued pass's first step
+            inputs.offset = self._carried_offset.to(x)
         log_p, observed = self._log_p_at(x, sigma, inputs)
         scale = self._scale(log_p)
         out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
         predicted = [d is not None for d in d_negs]
         inputs.scale = _zero_unpredicted(scale, predicted).detach().clone()
+        if self.config.posterior.evidence is EvidencePath.UNGUIDED and d_pos is not None and float(cfg_scale) != 1.0:
+            inputs.cfg_extra = ((cfg_scale - 1.0) * (d_pos - d_u)).detach().clone()
         settled = ~self.pruner.wants.clone() if self.pruner is not None else None
         return out, _Candidate(step, sigma, (log_p, inputs, observed), _zero_unpredicted(scale, predicted),
                                log_p.exp(), predicted if self.pruner is not None else None, settled)
@@ -522,6 +547,14 @@ class DNGRun(GuidedRun):
         # The last step's transition: no evidence when it ends at sigma = 0, but it is still a step passed. (The
         # path estimator has no predictions at x_final, so a pass ending above 0 gets none from it either.)
         if self._confirmed_inputs is not None and x_final.shape == self._confirmed_inputs.x.shape:
+            prev = self._confirmed_inputs
+            push = self._own_push(prev)
+            if self.needs_probe and (push is not None or prev.offset is not None) and sigma_final > 0:
+                # where the state would be without DNG's pushes, for a later pass that continues this one
+                r, c = euler_coefficients(prev.sigma, sigma_final)
+                offset = r * prev.offset if prev.offset is not None else None
+                self._end_offset = (c * push if offset is None else offset + c * push) if push is not None \
+                    else offset
             log_p, _ = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
             for k, tracker in enumerate(self.trackers):
                 tracker.commit(log_p[k])

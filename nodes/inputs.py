@@ -128,17 +128,22 @@ def evidence_inputs() -> list[io.Input]:
     """The posterior's evidence path; last in the schema (after prune_concepts), so the widget values of
     workflows saved before it existed keep their positions."""
     return [
-        io.Combo.Input("evidence", options=[e.value for e in EvidencePath], default=EvidencePath.SAMPLED.value,
-                       optional=True, **advanced(),
+        io.Combo.Input("evidence", options=[e.value for e in EvidencePath],
+                       default=_DEFAULTS.posterior.evidence.value, optional=True, **advanced(),
                        tooltip="What the posterior reads at each step. 'sampled' (default, the paper): the step "
                                "the sampler took, DNG's own push away from the concept included; p then settles "
                                "where that push balances the positive prompt's pull towards the concept, which "
-                               "leaves the image half-way to it. 'uncorrected': the same step with DNG's own push "
-                               "taken back out, so p rises to p_max when the positive prompt pulls towards the "
-                               "concept and falls to p_min when it does not; lambda0 then has the size of a "
-                               "negative prompt's scale (the largest scale is lambda0 * p_max / (1 - p_max), 4 "
-                               "lambda0 at the default p_max). Measured on the pack's text-conditioned shapes "
-                               "model only (benchmarks/results/composition_timing.md)."),
+                               "can leave the image half-way to it. 'uncorrected': the same step with DNG's own "
+                               "push taken back out, so p rises to p_max when the cfg-scaled positive pulls "
+                               "towards the concept by more than half of the concept's own pull and falls to "
+                               "p_min when it does not; with prior 0.05 lambda0 then has the size of a negative "
+                               "prompt's scale (about 1-2), with the default prior about 60-90. Caution: at a high "
+                               "cfg even a small shared direction of positive and negative lifts p to p_max. "
+                               "'unguided': also takes CFG's extrapolation out, reading the step the positive "
+                               "prompt alone (cfg 1) would have made, so p rises only where the positive itself "
+                               "pulls towards the concept by more than half of the concept's pull, at any cfg. "
+                               "Measured on the pack's digit and shapes models only "
+                               "(benchmarks/results/defaults_grid.md, composition_timing.md)."),
     ]
 
 

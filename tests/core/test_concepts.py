@@ -17,8 +17,11 @@ SHAPE = (BATCH, 2, 6, 6)
 
 
 def config(variance=PosteriorVariance.KERNEL, lambda0=4.0) -> DNGConfig:
+    # The sampled evidence: this toy's D_u only shrinks x and knows none of the targets, so the unguided cfg-3 step
+    # towards the positive reads as evidence for any concept whose random target leans towards the positive's
+    # (concept 3 in image 1 rises to p_max with the uncorrected evidence); the bookkeeping is what is tested here.
     return DNGConfig(lambda0=lambda0, posterior=PosteriorConfig(prior=0.01, temperature=0.9, offset=0.7, p_min=1e-6,
-                                                                p_max=0.8, variance=variance))
+                                                                p_max=0.8, variance=variance, evidence="sampled"))
 
 
 class Toy:

@@ -1,4 +1,5 @@
-"""The posterior's evidence path (posterior.EvidencePath): the paper's ``sampled`` step against ``uncorrected``.
+"""The posterior's evidence path (posterior.EvidencePath): the paper's ``sampled`` step against ``uncorrected`` and
+``unguided``.
 
 A case with a known answer: predictions that do not depend on x (D_u = 0, D_pos = a, D_neg = b, the denoisers of
 point masses) and steps that land on the Gaussian kernel's mean. Then one kernel step's evidence is exactly
@@ -14,7 +15,7 @@ import math
 import pytest
 import torch
 
-from dng_core import DNGConfig, DNGRun, EvidencePath, Parametrisation, PosteriorConfig, reverse_kernel
+from dng_core import PAPER_MODE, DNGConfig, DNGRun, EvidencePath, Parametrisation, PosteriorConfig, reverse_kernel
 from dng_core.path import euler_coefficients
 
 CFG = 3.0
@@ -61,7 +62,7 @@ def _p_used(run: DNGRun) -> torch.Tensor:
     return run.trace.series("p")[:, 0, :]
 
 
-@pytest.mark.parametrize("evidence", ["sampled", "uncorrected"])
+@pytest.mark.parametrize("evidence", ["sampled", "uncorrected", "unguided"])
 def test_one_kernel_step_has_the_closed_form_evidence(evidence: str) -> None:
     schedule = [4.0, 3.0, 2.0]
     lambda0, prior = 7.0, 0.05
@@ -69,7 +70,8 @@ def test_one_kernel_step_has_the_closed_form_evidence(evidence: str) -> None:
     a, b = _vectors(0.6)
     lam = lambda0 * prior / (1 - prior)
     assert scales[0].tolist() == pytest.approx([lam, lam])
-    d_g = CFG * a - (lam * b if evidence == "sampled" else 0.0)
+    # the step read: the guided one (sampled), without DNG's push (uncorrected), the positive's own (unguided)
+    d_g = {"sampled": CFG * a - lam * b, "uncorrected": CFG * a, "unguided": a}[evidence]
     k = reverse_kernel(torch.tensor([4.0], dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64), VE)
     expected = (k.coef_d ** 2 * (2 * (d_g * b).flatten(1).sum(1) - (b * b).flatten(1).sum(1)) / (2 * k.variance))
     log_p = _p_used(run).log()
@@ -118,6 +120,21 @@ def test_uncorrected_evidence_saturates_where_the_positive_pulls_and_falls_where
     assert float(sampled[-2].max()) < 0.01 * top
 
 
+@pytest.mark.parametrize("stochastic", [True, False], ids=["kernel", "path"])
+def test_unguided_evidence_reads_the_positive_at_cfg_1(stochastic: bool) -> None:
+    """The unguided evidence reads the step of s = 1, so its threshold is <a, b> / |b|^2 = 1/2 whatever the cfg,
+    where the uncorrected one reads s <a, b> / |b|^2 against 1/2. Known answer: the unguided posterior at overlap
+    0.9 is the uncorrected one at overlap 0.3 (s = 3: the same pull along b, 0.9), step for step; at overlap 0.3
+    the uncorrected posterior climbs (3 x 0.3 > 1/2) and the unguided one does not (0.3 < 1/2)."""
+    lambda0 = 1.0
+    _, weak_uncorrected = _run("uncorrected", lambda0, SCHEDULE, overlap=0.3, stochastic=stochastic)
+    _, weak_unguided = _run("unguided", lambda0, SCHEDULE, overlap=0.3, stochastic=stochastic)
+    _, strong_unguided = _run("unguided", lambda0, SCHEDULE, overlap=0.9, stochastic=stochastic)
+    torch.testing.assert_close(strong_unguided, weak_uncorrected, rtol=1e-6, atol=0)
+    assert float(weak_uncorrected[-2].min()) > 10 * float(weak_uncorrected[0].max())
+    assert float(weak_unguided[-2].max()) < 0.1 * float(weak_uncorrected[-2].min())
+
+
 @pytest.mark.parametrize("parametrisation", list(Parametrisation))
 def test_euler_coefficients_are_the_step_derivatives(parametrisation: Parametrisation) -> None:
     """d x' / d x and d x' / d D of one euler step in the sampler's state, by finite differences."""
@@ -139,6 +156,7 @@ def test_euler_coefficients_are_the_step_derivatives(parametrisation: Parametris
 
 def test_evidence_path_round_trips_and_defaults_to_the_paper() -> None:
     assert PosteriorConfig().evidence is EvidencePath.SAMPLED
+    assert PosteriorConfig(prior=0.01, **PAPER_MODE).evidence is EvidencePath.SAMPLED
     config = PosteriorConfig(evidence="uncorrected")
     assert config.evidence is EvidencePath.UNCORRECTED
     assert config.as_dict()["evidence"] == "uncorrected"

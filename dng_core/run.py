@@ -447,11 +447,7 @@ class DNGRun(GuidedRun):
             # the path estimator reads the state, which keeps every earlier push: follow the state without them,
             # x + offset, whose offset an euler step carries as r * offset + c * push (exact for first-order
             # steps with predictions that do not depend on x; the predictions stay those at x)
-            r, c = euler_coefficients(prev.sigma, sigma)
-            offset = r * prev.offset if prev.offset is not None else None
-            if push is not None:
-                offset = c * push if offset is None else offset + c * push
-            here.offset = offset
+            here.offset = _carry_offset(prev, sigma, push)
         rows, observed = [], []
         for k, t in enumerate(self.trackers):
             new = None
@@ -551,10 +547,7 @@ class DNGRun(GuidedRun):
             push = self._own_push(prev)
             if self.needs_probe and (push is not None or prev.offset is not None) and sigma_final > 0:
                 # where the state would be without DNG's pushes, for a later pass that continues this one
-                r, c = euler_coefficients(prev.sigma, sigma_final)
-                offset = r * prev.offset if prev.offset is not None else None
-                self._end_offset = (c * push if offset is None else offset + c * push) if push is not None \
-                    else offset
+                self._end_offset = _carry_offset(prev, sigma_final, push)
             log_p, _ = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
             for k, tracker in enumerate(self.trackers):
                 tracker.commit(log_p[k])
@@ -563,6 +556,16 @@ class DNGRun(GuidedRun):
     def final_posterior(self) -> torch.Tensor | None:
         """p after the run, [K, B] (after ``finish``)."""
         return torch.stack([t.p for t in self.trackers]) if self.trackers else None
+
+
+def _carry_offset(prev: _StepInputs, sigma: float, push: torch.Tensor | None) -> torch.Tensor | None:
+    """The path estimator's offset (the state without DNG's pushes, minus the state) after the euler step from
+    ``prev`` to ``sigma``: r * offset + c * push (path.euler_coefficients)."""
+    r, c = euler_coefficients(prev.sigma, sigma)
+    offset = r * prev.offset if prev.offset is not None else None
+    if push is not None:
+        offset = c * push if offset is None else offset + c * push
+    return offset
 
 
 def _combine(d_u, d_pos, d_negs, scale, cfg_scale):

@@ -136,12 +136,27 @@ class EvidencePath(str, enum.Enum):
     (D_pos - D_u). Its expected evidence, coef_d^2 / (2 v) (2 <D_pos - D_u, Delta> - |Delta|^2), is positive
     where the positive's own pull along Delta exceeds half of the concept's, whatever the cfg: the posterior of
     the concept for an image of the positive prompt, the quantity the paper's p_t stands for. Without a positive
-    prediction (D_pos None) it is ``uncorrected``.
+    prediction (D_pos None) it is ``uncorrected``. Measured on the digit model, an unrelated image's p falls
+    more slowly than with ``uncorrected``: CFG's extrapolated pull towards the positive is what points away
+    from the concept there.
+
+    ``ONE_SIDED``: ``uncorrected`` where CFG's extrapolation points away from the concept, ``unguided`` where it
+    points towards it; per concept k and image, the push taken back out is sum_j lambda_j Delta_j - (s - 1)
+    (D_pos - D_u) 1[(s - 1) <D_pos - D_u, Delta_k> > 0]. With c = <D_pos - D_u, Delta_k> and s > 1 the expected
+    evidence is coef_d^2 / (2 v) (2 min(s c, c) - |Delta_k|^2): never more than either other reading's, and
+    equal to the smaller. Why: the extrapolation is a push the sampler adds, not a property of the positive
+    prompt's images, so reading it as evidence either way is the uncorrected evidence's flaw; but the two
+    errors do not cost the same. Read as evidence *for* the concept it is a false alarm that the guidance then
+    acts on (p_max for every negative at cfg 7 on the random-weight SD1.5 checkpoint); read as evidence
+    *against*, it only switches the guidance off sooner for an image the positive is taking elsewhere, which
+    is what the unrelated-negative target asks. Where the positive has no prediction (D_pos None) or s = 1,
+    it is ``uncorrected``.
     """
 
     SAMPLED = "sampled"
     UNCORRECTED = "uncorrected"
     UNGUIDED = "unguided"
+    ONE_SIDED = "one_sided"
 
 
 class PosteriorForm(str, enum.Enum):

@@ -334,15 +334,17 @@ class _StepInputs:
     d_negs: list[torch.Tensor | None]  # None: the concept was not predicted (pruned)
     div_diffs: list[torch.Tensor | None] | None = None  # the path estimator's, per concept
     scale: torch.Tensor | None = None  # [K, B], the scales this step applied (0 for a concept not predicted)
-    # the uncorrected evidence's path estimator: where the state would be without DNG's pushes so far, minus x
+    # the uncorrected evidence's path estimator: where the state would be without DNG's pushes so far, minus x,
+    # per concept ([K, B, ...]: the one-sided evidence takes out a different shift per concept)
     offset: torch.Tensor | None = None
-    # the unguided evidence: (s - 1) (D_pos - D_u), CFG's extrapolation beyond the positive's own prediction
+    # the unguided and one-sided evidence: (s - 1) (D_pos - D_u), CFG's extrapolation past the positive's own
+    # prediction
     cfg_extra: torch.Tensor | None = None
 
     def path_point(self, k: int) -> PathPoint | None:
         if self.div_diffs is None or self.d_negs[k] is None or self.div_diffs[k] is None:
             return None
-        x = self.x if self.offset is None else self.x + self.offset
+        x = self.x if self.offset is None else self.x + self.offset[k]
         return PathPoint(x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
 
 
@@ -350,7 +352,7 @@ class _StepInputs:
 class DNGState:
     """What a DNG pass hands to the pass that continues it: log p per concept and image, [K, B], and, for the
     uncorrected evidence's path estimator, where the state would be without DNG's pushes so far minus the final
-    state (None when there is none to carry)."""
+    state, per concept, [K, B, ...] (None when there is none to carry)."""
 
     log_p: torch.Tensor
     path_offset: torch.Tensor | None = None
@@ -455,7 +457,7 @@ class DNGRun(GuidedRun):
                 if not self.needs_probe:
                     # the kernel's evidence depends on the state only through x' - coef_x x, so adding the
                     # step's own push to x' is the same as following the state without any of them
-                    x_read = x if push is None else x + self._kernel_coefficient(prev, sigma, x) * push
+                    x_read = x if push is None else x + self._kernel_coefficient(prev, sigma, x) * push[k]
                     new = t.propose(prev.x, x_read, prev.d_negs[k], prev.d_u, prev.sigma, sigma)
                 elif here is not None:
                     a, b = prev.path_point(k), here.path_point(k)
@@ -465,21 +467,37 @@ class DNGRun(GuidedRun):
         return torch.stack(rows), torch.tensor(observed)
 
     def _own_push(self, prev: _StepInputs | None) -> torch.Tensor | None:
-        """sum_k lambda_k (D_neg_k - D_u) of the step from ``prev``: the prediction's shift DNG's own guidance
-        made, which the ``uncorrected`` evidence takes back out (posterior.EvidencePath); the ``unguided`` one
-        also takes back CFG's extrapolation, - (s - 1) (D_pos - D_u). None for ``sampled`` or where nothing was
-        pushed."""
+        """The shift of the step from ``prev`` that the evidence takes back out, one per concept, [K, B, ...]
+        (posterior.EvidencePath): sum_k lambda_k (D_neg_k - D_u), the shift DNG's own guidance made
+        (``uncorrected``); also CFG's extrapolation, - (s - 1) (D_pos - D_u) (``unguided``); or that extrapolation
+        only in the rows where it points towards concept k, <(s - 1) (D_pos - D_u), Delta_k> > 0 (``one_sided``).
+        None for ``sampled`` or where nothing was pushed."""
         evidence = self.config.posterior.evidence
         if evidence is EvidencePath.SAMPLED or prev is None or prev.scale is None:
             return None
-        push = -prev.cfg_extra if evidence is EvidencePath.UNGUIDED and prev.cfg_extra is not None else None
+        base = None
         for k, d_neg in enumerate(prev.d_negs):
             if d_neg is None:
                 continue
             lam = prev.scale[k].to(prev.d_u.dtype).reshape((-1,) + (1,) * (prev.d_u.dim() - 1))
             term = lam * (d_neg - prev.d_u)
-            push = term if push is None else push + term
-        return push
+            base = term if base is None else base + term
+        extra = prev.cfg_extra
+        if base is None and extra is None:
+            return None
+        if base is None:
+            base = torch.zeros_like(prev.d_u)
+        pushes = []
+        for d_neg in prev.d_negs:
+            push = base
+            if extra is not None and evidence is EvidencePath.UNGUIDED:
+                push = base - extra
+            elif extra is not None and evidence is EvidencePath.ONE_SIDED and d_neg is not None:
+                # per row: take the extrapolation out only where it would count as evidence *for* the concept
+                towards = ((extra * (d_neg - prev.d_u)).flatten(1).sum(1) > 0).to(extra.dtype)
+                push = base - towards.reshape((-1,) + (1,) * (extra.dim() - 1)) * extra
+            pushes.append(push)
+        return torch.stack(pushes)
 
     def _kernel_coefficient(self, prev: _StepInputs, sigma: float, x: torch.Tensor) -> torch.Tensor:
         """The reverse kernel's coefficient of the prediction for the step prev.sigma -> sigma, [B, 1, ...]."""
@@ -519,7 +537,8 @@ class DNGRun(GuidedRun):
         out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
         predicted = [d is not None for d in d_negs]
         inputs.scale = _zero_unpredicted(scale, predicted).detach().clone()
-        if self.config.posterior.evidence is EvidencePath.UNGUIDED and d_pos is not None and float(cfg_scale) != 1.0:
+        if (self.config.posterior.evidence in (EvidencePath.UNGUIDED, EvidencePath.ONE_SIDED) and d_pos is not None
+                and float(cfg_scale) != 1.0):
             inputs.cfg_extra = ((cfg_scale - 1.0) * (d_pos - d_u)).detach().clone()
         settled = ~self.pruner.wants.clone() if self.pruner is not None else None
         return out, _Candidate(step, sigma, (log_p, inputs, observed), _zero_unpredicted(scale, predicted),

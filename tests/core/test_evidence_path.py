@@ -1,5 +1,5 @@
-"""The posterior's evidence path (posterior.EvidencePath): the paper's ``sampled`` step against ``uncorrected`` and
-``unguided``.
+"""The posterior's evidence path (posterior.EvidencePath): the paper's ``sampled`` step against ``uncorrected``,
+``unguided`` and ``one_sided``.
 
 A case with a known answer: predictions that do not depend on x (D_u = 0, D_pos = a, D_neg = b, the denoisers of
 point masses) and steps that land on the Gaussian kernel's mean. Then one kernel step's evidence is exactly
@@ -62,16 +62,19 @@ def _p_used(run: DNGRun) -> torch.Tensor:
     return run.trace.series("p")[:, 0, :]
 
 
-@pytest.mark.parametrize("evidence", ["sampled", "uncorrected", "unguided"])
-def test_one_kernel_step_has_the_closed_form_evidence(evidence: str) -> None:
+@pytest.mark.parametrize("evidence, overlap", [("sampled", 0.6), ("uncorrected", 0.6), ("unguided", 0.6),
+                                               ("one_sided", 0.6), ("one_sided", -0.6)])
+def test_one_kernel_step_has_the_closed_form_evidence(evidence: str, overlap: float) -> None:
     schedule = [4.0, 3.0, 2.0]
     lambda0, prior = 7.0, 0.05
-    run, scales = _run(evidence, lambda0, schedule, overlap=0.6, prior=prior)
-    a, b = _vectors(0.6)
+    run, scales = _run(evidence, lambda0, schedule, overlap=overlap, prior=prior)
+    a, b = _vectors(overlap)
     lam = lambda0 * prior / (1 - prior)
     assert scales[0].tolist() == pytest.approx([lam, lam])
-    # the step read: the guided one (sampled), without DNG's push (uncorrected), the positive's own (unguided)
-    d_g = {"sampled": CFG * a - lam * b, "uncorrected": CFG * a, "unguided": a}[evidence]
+    # the step read: the guided one (sampled), without DNG's push (uncorrected), the positive's own (unguided),
+    # and one-sided: the positive's own where CFG's extrapolation points towards the concept, else the cfg one
+    one_sided = a if overlap > 0 else CFG * a
+    d_g = {"sampled": CFG * a - lam * b, "uncorrected": CFG * a, "unguided": a, "one_sided": one_sided}[evidence]
     k = reverse_kernel(torch.tensor([4.0], dtype=torch.float64), torch.tensor([3.0], dtype=torch.float64), VE)
     expected = (k.coef_d ** 2 * (2 * (d_g * b).flatten(1).sum(1) - (b * b).flatten(1).sum(1)) / (2 * k.variance))
     log_p = _p_used(run).log()
@@ -133,6 +136,49 @@ def test_unguided_evidence_reads_the_positive_at_cfg_1(stochastic: bool) -> None
     torch.testing.assert_close(strong_unguided, weak_uncorrected, rtol=1e-6, atol=0)
     assert float(weak_uncorrected[-2].min()) > 10 * float(weak_uncorrected[0].max())
     assert float(weak_unguided[-2].max()) < 0.1 * float(weak_uncorrected[-2].min())
+
+
+@pytest.mark.parametrize("stochastic", [True, False], ids=["kernel", "path"])
+def test_one_sided_evidence_is_the_smaller_of_uncorrected_and_unguided(stochastic: bool) -> None:
+    """One-sided reads the cfg-1 step where CFG's extrapolation points towards the concept and the cfg step where
+    it points away. Known answers, step for step: at overlap 0.3 it is the unguided posterior (so p does not
+    climb on a positive that pulls 0.3 of the concept's pull at cfg 3, where the uncorrected one does), at
+    overlap -0.3 the uncorrected one (CFG's push away from the concept switches the guidance off sooner than
+    the unguided reading would)."""
+    lambda0 = 1.0
+    for overlap, same_as in ((0.3, "unguided"), (-0.3, "uncorrected")):
+        _, one_sided = _run("one_sided", lambda0, SCHEDULE, overlap=overlap, stochastic=stochastic)
+        _, other = _run(same_as, lambda0, SCHEDULE, overlap=overlap, stochastic=stochastic)
+        torch.testing.assert_close(one_sided, other, rtol=1e-9, atol=0)
+    _, away_unguided = _run("unguided", lambda0, SCHEDULE, overlap=-0.3, stochastic=stochastic)
+    _, away = _run("one_sided", lambda0, SCHEDULE, overlap=-0.3, stochastic=stochastic)
+    assert float(away[-2].max()) < 0.1 * float(away_unguided[-2].min())
+
+
+def test_one_sided_evidence_decides_per_image_and_concept() -> None:
+    """Two concepts, b (overlap 0.6 with a) and -b: CFG's extrapolation points towards the first and away from
+    the second, so the first concept's posterior is the unguided one and the second's the uncorrected one, in
+    the same run."""
+    a, b = _vectors(0.6)
+    schedule = [4.0, 3.0, 2.0, 1.0]
+    posteriors = {}
+    for evidence in ("one_sided", "unguided", "uncorrected"):
+        config = DNGConfig(1.0, PosteriorConfig(prior=0.05, temperature=1.0, offset=0.0, p_min=1e-6, p_max=0.999,
+                                                max_rate=0.0, evidence=evidence))
+        run = DNGRun(config, schedule, concepts=2, stochastic_sampler=True)
+        d_u = torch.zeros(SHAPE, dtype=torch.float64)
+        x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * schedule[0]
+        for s, s_next in zip(schedule[:-1], schedule[1:]):
+            sig = torch.tensor([s] * SHAPE[0], dtype=torch.float64)
+            d_g = run.guide(x, sig, d_u, a, [b, -b], CFG)
+            k = reverse_kernel(torch.tensor([s], dtype=torch.float64), torch.tensor([s_next], dtype=torch.float64),
+                               VE)
+            x = k.coef_x * x + k.coef_d * d_g
+        # the evidence read depends on the path only through x' - coef_x x - coef_d (pushes taken out), so the
+        # three runs, whose states differ, still give comparable per-step evidence: compare the increments
+        posteriors[evidence] = run.finish(x).series("p").log().diff(dim=0)
+    torch.testing.assert_close(posteriors["one_sided"][:, 0], posteriors["unguided"][:, 0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(posteriors["one_sided"][:, 1], posteriors["uncorrected"][:, 1], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("parametrisation", list(Parametrisation))

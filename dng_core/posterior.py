@@ -122,14 +122,14 @@ class EvidencePath(str, enum.Enum):
     predictions that do not depend on x (tests/core/test_evidence_path.py); otherwise the predictions are those
     at the sampled state, a first-order approximation.
 
-    Why ``uncorrected`` is not the default: its expected evidence, coef_d^2 / (2 v) (2 s <D_pos - D_u, Delta> -
-    |Delta|^2), is positive wherever s <D_pos - D_u, Delta> > |Delta|^2 / 2. CFG's scale s multiplies the
-    positive's pull, so at cfg 7 a positive whose pull along Delta is 1/14 of the concept's own drives p to p_max
-    (lambda = 4 lambda0), where the paper's loop would settle at lambda* = 7 * 1/14 - 1/2 = 0. On the digit models
-    (cfg 2.5, class embeddings) it beat the sampled evidence (benchmarks/results/defaults_grid.md, "another
-    setting"); on models whose prompts share a direction it raises p to p_max for every negative (the test
-    suite's random-weight SD1.5 checkpoint: every image by the second of 6 euler steps; Stable Diffusion's
-    generic "any prompt" direction may do the same).
+    The flaw of ``uncorrected``: its expected evidence, coef_d^2 / (2 v) (2 s <D_pos - D_u, Delta> - |Delta|^2),
+    is positive wherever s <D_pos - D_u, Delta> > |Delta|^2 / 2. CFG's scale s multiplies the positive's pull,
+    so at cfg 7 a positive whose pull along Delta is 1/14 of the concept's own drives p to p_max (lambda = 4
+    lambda0), where the paper's loop would settle at lambda* = 7 * 1/14 - 1/2 = 0. On the digit models (cfg 2.5,
+    class embeddings) it beat the sampled evidence (benchmarks/results/defaults_grid.md); on models whose
+    prompts share a direction it raises p to p_max for every negative (the test suite's random-weight SD1.5
+    checkpoint: every image by the second of 6 euler steps; Stable Diffusion's generic "any prompt" direction
+    may do the same). ``one_sided`` (the default) keeps its reading where that cannot happen.
 
     ``UNGUIDED``: the step with CFG's extrapolation taken out as well, i.e. the step sampling from the positive
     prompt's own model (s = 1) would have made: the push taken back out is sum_k lambda_k Delta_k - (s - 1)
@@ -150,7 +150,9 @@ class EvidencePath(str, enum.Enum):
     acts on (p_max for every negative at cfg 7 on the random-weight SD1.5 checkpoint); read as evidence
     *against*, it only switches the guidance off sooner for an image the positive is taking elsewhere, which
     is what the unrelated-negative target asks. Where the positive has no prediction (D_pos None) or s = 1,
-    it is ``uncorrected``.
+    it is ``uncorrected``. On the digit models (positive 7, negative 0) CFG's extrapolation points away from
+    the concept: the one-sided posterior is the uncorrected one there (same figures on the defaults grid), and
+    on the random-weight SD1.5 checkpoint at cfg 7 it falls to p_min where the uncorrected one rises to p_max.
     """
 
     SAMPLED = "sampled"
@@ -192,8 +194,9 @@ class PosteriorConfig:
     form:        ``rate`` (default) or ``paper`` (Algorithm 2, the exact mode).
     max_rate:    R, the bound on the rise of log p per e-fold of sigma (one step: at most one e-fold's worth) in
                  the ``rate`` form; 0 = unbounded.
-    evidence:    ``sampled`` (default, the paper), ``uncorrected`` or ``unguided`` (see EvidencePath): whether
-                 the step's evidence includes DNG's own push away from the concept (and CFG's extrapolation).
+    evidence:    ``one_sided`` (default), ``sampled`` (the paper), ``uncorrected`` or ``unguided`` (see
+                 EvidencePath): whether the step's evidence includes DNG's own push away from the concept (and
+                 CFG's extrapolation).
     """
 
     prior: float = 3e-4
@@ -204,7 +207,7 @@ class PosteriorConfig:
     variance: PosteriorVariance = PosteriorVariance.AUTO
     form: PosteriorForm = PosteriorForm.RATE
     max_rate: float = MAX_RATE
-    evidence: EvidencePath = EvidencePath.SAMPLED
+    evidence: EvidencePath = EvidencePath.ONE_SIDED
 
     def __post_init__(self) -> None:
         _check_probability("prior", self.prior)

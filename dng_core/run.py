@@ -55,7 +55,7 @@ PROBE_SEED = 0x444E47
 class DNGConfig:
     """lambda0 (the guidance strength of eq. 7, lambda = lambda0 p / (1 - p)) and the posterior's settings."""
 
-    lambda0: float = 120.0
+    lambda0: float = 75.0
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
 
     def __post_init__(self) -> None:

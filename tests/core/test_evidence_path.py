@@ -200,8 +200,8 @@ def test_euler_coefficients_are_the_step_derivatives(parametrisation: Parametris
     assert euler_coefficients(s, s_next) == pytest.approx((dx, dd), rel=1e-6)
 
 
-def test_evidence_path_round_trips_and_defaults_to_the_paper() -> None:
-    assert PosteriorConfig().evidence is EvidencePath.SAMPLED
+def test_evidence_path_round_trips_and_the_paper_mode_is_sampled() -> None:
+    assert PosteriorConfig().evidence is EvidencePath.ONE_SIDED
     assert PosteriorConfig(prior=0.01, **PAPER_MODE).evidence is EvidencePath.SAMPLED
     config = PosteriorConfig(evidence="uncorrected")
     assert config.evidence is EvidencePath.UNCORRECTED

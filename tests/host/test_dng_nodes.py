@@ -55,7 +55,10 @@ def test_posterior_advances_once_per_step(prompt_runner, pack_nodes, sampler):
     assert torch.allclose(p[0], torch.full_like(p[0], PRIOR)), "every run starts from the prior"
     assert not torch.allclose(p[1:], torch.full_like(p[1:], PRIOR)), "the posterior never moved"
     lam = trace.series("scale")
-    assert torch.allclose(lam, 5.0 * p / (1 - p), rtol=1e-9)
+    # a concept every image has settled on is pruned (not predicted, no guidance) once its posterior sits at the
+    # floor, which on this random-weight checkpoint can happen within 4 steps
+    predicted = trace.predicted_series()[:, 0].reshape(-1, 1, 1).to(lam.dtype)
+    assert torch.allclose(lam, predicted * 5.0 * p / (1 - p), rtol=1e-9)
 
 
 def test_batch_elements_keep_separate_posteriors(prompt_runner, pack_nodes):

@@ -56,7 +56,7 @@ CASES: dict[str, dict[str, str]] = {
     "overlap_red": {"positive": "red square", "negative": "red", "kept": "red square"},
     "overlap_circle": {"positive": "red square", "negative": "circle", "kept": "red square"},
 }
-DNG_LAMBDA0 = (30.0, 60.0, 120.0, 240.0)
+DNG_LAMBDA0 = (30.0, 60.0, 75.0, 120.0, 240.0)  # 75: today's default; the published run predates it
 NP_SCALES = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 SLD_PRESETS = ("weak", "medium", "strong", "max")
 OVERLAP_NP = (1.0, 3.0)

@@ -9,7 +9,8 @@ that raising lambda0 helps little. This study separates the two possible causes:
   run into two KSamplerAdvanced segments at step k (the first returns its leftover noise, the second continues it);
   two controls split at step 6 with the same method on both sides check that the split itself changes nothing;
 * **the posterior rises only after that**: DNG's per-step lambda and p, from its trace (the first 64 images of the
-  batch), split by whether the final image still shows the concept, at lambda0 120 (default), 400 and 1000 (the node maximum), and the
+  batch), split by whether the final image still shows the concept, at lambda0 120 (the default when this ran, with the paper's sampled evidence, which these points keep), 400
+  and 1000 (the node maximum), and the
   unrelated case at the same lambda0 (what the strength costs where the concept is absent);
 * **what a prompt-level prior would buy**: DNG whose prior is raised to what a user who knows the positive names
   the concept would set, with lambda0 chosen so that the guidance starts at NP's scale 3 (lambda0 p0 / (1 - p0) = 3)
@@ -92,10 +93,11 @@ def points(sampler: str) -> list[dict]:
              "window": w, "k": k} for w in ("late", "early") for k in WINDOW_STEPS]
     out += [{"sampler": sampler, "kind": "control", "case": "related", "method": m, "strength": NP_SCALE,
              "window": "both", "k": CONTROL_SPLIT} for m in ("plain", "np")]
-    out += [{"sampler": sampler, "kind": "dng_timing", "case": c, "method": "dng", "strength": lam, "prior": None}
-            for c, lams in DNG_LAMBDA0.items() for lam in lams]
+    # the timing and prior studies are of the paper's (sampled) evidence, the node default when they ran
+    out += [{"sampler": sampler, "kind": "dng_timing", "case": c, "method": "dng", "strength": lam, "prior": None,
+             "evidence": "sampled"} for c, lams in DNG_LAMBDA0.items() for lam in lams]
     out += [{"sampler": sampler, "kind": "prompt_prior", "case": c, "method": "dng", "strength": lam, "prior": p0,
-             "offset": off} for c in ("related", "unrelated") for p0, lam, off in PRIOR_POINTS]
+             "offset": off, "evidence": "sampled"} for c in ("related", "unrelated") for p0, lam, off in PRIOR_POINTS]
     out += [{"sampler": sampler, "kind": "uncorrected", "case": c, "method": "dng", "strength": lam, "prior": p0,
              "offset": off, "evidence": "uncorrected"} for c in ("related", "unrelated")
             for lam, p0, off in UNCORRECTED_POINTS]

@@ -213,12 +213,18 @@ class _Runner:
         return row
 
 
+def current_key(row: dict) -> str:
+    """A row's key against today's node defaults (its stored key names the setting against the defaults of the
+    day it ran, which may have changed since)."""
+    return _point_key(row) + (setting_suffix(row.get("dng_params", {})) if row["method"] == "dng" else "")
+
+
 def done_keys(out: Path) -> set[str]:
     keys = set()
     for part in sorted((out / "parts").glob("*.jsonl")):
         for line in part.read_text().splitlines():
             if line.strip():
-                keys.add(json.loads(line)["key"])
+                keys.add(current_key(json.loads(line)))
     return keys
 
 
@@ -329,8 +335,7 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     for part in sorted((out / "parts").glob("*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
     for r in rows:  # a DNG row's key names its setting against today's defaults (rows of earlier runs included)
-        if r["method"] == "dng":
-            r["key"] = _point_key(r) + setting_suffix(r.get("dng_params", {}))
+        r["key"] = current_key(r)
     by_key = {r["key"]: r for r in rows}  # a point run twice (two shardings) counts once
     rows = sorted(by_key.values(), key=lambda r: r["key"])
     for r in rows:  # against today's node defaults: a row measured at an earlier default is no longer one

@@ -8,7 +8,7 @@ buys nothing. ``ConceptPruner`` decides, per concept and per image, when that is
 Settled. An (image, concept) pair is settled when its posterior has stayed at or below ``settle_fraction`` x the
 prior for ``settle_steps`` consecutive steps in which its evidence was observed. Both are read from the
 posterior itself: at the defaults (fraction 0.1, prior 3e-4) a settled pair's lambda is below lambda0 x 3e-5
-(0.004 at lambda0 120), against lambda0 x prior / (1 - prior) = 0.036 at the start; and two observed steps
+(0.002 at lambda0 75), against lambda0 x prior / (1 - prior) = 0.023 at the start; and two observed steps
 rule out a single low step on the way up.
 
 Pruned. A concept is predicted at a step while any image of the batch still wants it; a settled pair stops

@@ -83,9 +83,10 @@ def dng_inputs() -> list[io.Input]:
                        tooltip="Strength of the negative guidance (paper's lambda0). The scale applied at each "
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
                                "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
-                               "On the pack's digit model the default met every target with ancestral / SDE "
-                               "samplers at ~20 steps; 50-step ancestral runs needed 160-240, deterministic "
-                               "samplers already remove at 60. " + VERIFIED_ON + " 0 turns the negative guidance off."),
+                               "On the pack's digit model the default removed the concept on ancestral, SDE and "
+                               "deterministic samplers at 20 steps; 50-step ancestral runs want about 90, "
+                               "deterministic samplers are safe from about 32. " + VERIFIED_ON + " 0 turns the "
+                               "negative guidance off."),
         # step 1e-4: the frontend snaps a value to a multiple of the step (3e-4 would become the minimum at 0.001)
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
                        step=0.0001, round=1e-6,
@@ -130,18 +131,17 @@ def evidence_inputs() -> list[io.Input]:
     return [
         io.Combo.Input("evidence", options=[e.value for e in EvidencePath],
                        default=_DEFAULTS.posterior.evidence.value, optional=True, **advanced(),
-                       tooltip="What the posterior reads at each step. 'sampled' (default, the paper): the step "
-                               "the sampler took, DNG's own push away from the concept included; p then settles "
-                               "where that push balances the positive prompt's pull towards the concept, which "
-                               "can leave the image half-way to it. 'uncorrected': the same step with DNG's own "
-                               "push taken back out, so p rises to p_max when the cfg-scaled positive pulls "
-                               "towards the concept by more than half of the concept's own pull and falls to "
-                               "p_min when it does not; with prior 0.05 lambda0 then has the size of a negative "
-                               "prompt's scale (about 1-2), with the default prior about 60-90. Caution: at a high "
-                               "cfg even a small shared direction of positive and negative lifts p to p_max. "
-                               "'unguided': also takes CFG's extrapolation out, reading the step the positive "
-                               "prompt alone (cfg 1) would have made, so p rises only where the positive itself "
-                               "pulls towards the concept by more than half of the concept's pull, at any cfg. "
+                       tooltip="What the posterior reads at each step. 'one_sided' (default): the step the "
+                               "sampler took with DNG's own push taken back out, and CFG's extrapolation counted "
+                               "only where it points away from the concept (where it points towards it, the step "
+                               "the positive prompt alone would make at cfg 1); p rises to p_max where the "
+                               "positive pulls towards the concept by more than half of the concept's own pull "
+                               "and falls to p_min where it does not. 'sampled' (the paper): the step the sampler "
+                               "took, DNG's own push included; p then settles where that push balances the "
+                               "positive's pull, which can leave the image half-way to the concept. "
+                               "'uncorrected': without DNG's push, with CFG's extrapolation; at a high cfg even a "
+                               "small shared direction of positive and negative lifts p to p_max. 'unguided': "
+                               "without either (the cfg-1 step); slower to switch off for unrelated images. "
                                "Measured on the pack's digit and shapes models only "
                                "(benchmarks/results/defaults_grid.md, composition_timing.md)."),
     ]

@@ -15,19 +15,21 @@ changes the images (mean |x - x_plain|) by at most 0.10 of what negative prompti
 is NP's weakest scale with <= 1 % forbidden on the main host (0.5 on the floor); the smaller scale changes the
 images less, so it is the stricter comparison.
 
-Measured at the defaults (lambda0 120, prior 3e-4, temperature 0.9, offset 0.7 per e-fold, auto estimator; seed 1,
-N = 500; seeds do not carry between hosts, 0.33 seeds CPU noise differently):
+Measured at the defaults (evidence one_sided, lambda0 75, prior 3e-4, temperature 0.9, offset 0.7 per e-fold,
+auto estimator; seed 1, N = 500; seeds do not carry between hosts, 0.33 seeds CPU noise differently):
 
 =============  ==============  =======  ==================================  ========  ===========================
 host           DNG forbidden   DNG KL   matched NP (scale: forbidden, KL)   KL ratio  unrelated change DNG / NP
 =============  ==============  =======  ==================================  ========  ===========================
-0.33.0 (main)  0.4 %           0.021    0.4: 0.4 %, 0.097                   0.22      0.0068 / 0.0785 = 0.086
-0.3.75 (floor) 0.2 %           0.015    0.6: 0.2 %, 0.147                   0.10      0.0059 / 0.0771 = 0.076
+0.33.0 (main)  0.0 %           0.022    0.5: 0.2 %, 0.146                   0.15      0.0057 / 0.0785 = 0.073
+0.3.75 (floor) 0.0 %           0.023    0.6: 0.2 %, 0.147                   0.15      0.0049 / 0.0771 = 0.063
 =============  ==============  =======  ==================================  ========  ===========================
 
-Margins: 3-4 of 5 allowed samples in the removed class to spare, a KL ratio of 0.10-0.22 against 0.5, and an
-unrelated change 0.076-0.086 of NP's against 0.10 (the thinnest margin; the grid's seeds 0 and 1 on the main
-host at N = 1000 / 500: 0.084 / 0.087). About 2 minutes on 2 cores.
+(No NP point is as safe as DNG's 0.0 %, so NP's safest point is the match, which favours NP.) Margins: all 5
+allowed samples in the removed class to spare, a KL ratio of 0.15 against 0.5, and an unrelated change
+0.063-0.073 of NP's against 0.10 (the thinnest margin, 1.4-1.6x; the grid's seeds 0 and 1 on the main host at
+N = 1000 / 500: 0.072 / 0.061). At the previous defaults (evidence sampled, lambda0 120): 0.4 % / 0.2 % forbidden,
+KL ratio 0.22 / 0.10, unrelated 0.086 / 0.076. About 3.5 minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -113,6 +113,24 @@ def digit_prompt(*, method: str = "dng", batch_size: int = 64, seed: int = 0, st
     return p
 
 
+def split_at_step(p: dict, *, k: int, models: tuple[list, list], negatives: tuple[list, list], positive: list,
+                  latent: list, seed: int, steps: int, cfg: float, sampler: str, scheduler: str = "normal") -> dict:
+    """Replace a prompt's KSampler "5" with two KSamplerAdvanced segments, steps [0, k) ("11") then [k, steps)
+    ("5", the final latent), each with its own model and negative. The first returns its leftover noise, the
+    second continues it; the second's ancestral noise uses seed + 1000 (ComfyUI seeds the ancestral noise with
+    the latent's seed, so reusing it would inject the initial noise a second time)."""
+    common = {"steps": int(steps), "cfg": float(cfg), "sampler_name": sampler, "scheduler": scheduler,
+              "positive": positive}
+    p["11"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "model": models[0], "add_noise": "enable", "noise_seed": int(seed), "negative": negatives[0],
+        "latent_image": latent, "start_at_step": 0, "end_at_step": int(k), "return_with_leftover_noise": "enable"}}
+    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
+        **common, "model": models[1], "add_noise": "disable", "noise_seed": int(seed) + 1000,
+        "negative": negatives[1], "latent_image": ["11", 0], "start_at_step": int(k), "end_at_step": 10000,
+        "return_with_leftover_noise": "disable"}}
+    return p
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Host
 

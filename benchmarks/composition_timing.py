@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, environment, interpolate_at, log  # noqa: E402
+from benchmarks.common import RESULTS, environment, interpolate_at, log, split_at_step  # noqa: E402
 from benchmarks.composition import (CASES, CFG, SAMPLERS, STEPS, ShapesScorer, _f, _interp_in_strength,  # noqa: E402
                                     score, shapes_prompt)
 from devtools.dng_defaults import dng_node_defaults  # noqa: E402
@@ -61,8 +61,7 @@ def split_prompt(*, first: str, second: str, k: int, positive: str, negative: st
                  sampler: str, np_scale: float = NP_SCALE) -> dict:
     """Two KSamplerAdvanced segments, steps [0, k) then [k, STEPS), each ``plain`` (the empty prompt as negative)
     or ``np`` (the NP patch with the concept as negative). Ids: "11" first segment, "5" second (the final latent),
-    "12"/"13" the NP patch of each segment. The second segment's ancestral noise uses seed + 1000: ComfyUI seeds the
-    ancestral noise with the latent's seed, so reusing it would inject the initial noise a second time."""
+    "12"/"13" the NP patch of each segment (common.split_at_step)."""
     p = shapes_prompt(method="plain", positive=positive, negative=negative, batch_size=batch_size, seed=seed,
                       sampler=sampler)
     neg_of = {"plain": ["2", 0], "np": ["3", 0]}
@@ -74,16 +73,9 @@ def split_prompt(*, first: str, second: str, k: int, positive: str, negative: st
                       "inputs": {"model": ["1", 0], "empty_conditioning": ["2", 0], "scale": float(np_scale)}}
         return [node_id, 0]
 
-    common = {"steps": STEPS, "cfg": CFG, "sampler_name": sampler, "scheduler": "normal", "positive": ["8", 0]}
-    p["11"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": model_of(first, "12"), "add_noise": "enable", "noise_seed": int(seed),
-        "negative": neg_of[first], "latent_image": ["4", 0], "start_at_step": 0, "end_at_step": int(k),
-        "return_with_leftover_noise": "enable"}}
-    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": model_of(second, "13"), "add_noise": "disable", "noise_seed": int(seed) + 1000,
-        "negative": neg_of[second], "latent_image": ["11", 0], "start_at_step": int(k), "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
-    return p
+    return split_at_step(p, k=k, models=(model_of(first, "12"), model_of(second, "13")),
+                         negatives=(neg_of[first], neg_of[second]), positive=["8", 0], latent=["4", 0], seed=seed,
+                         steps=STEPS, cfg=CFG, sampler=sampler)
 
 
 def points(sampler: str) -> list[dict]:

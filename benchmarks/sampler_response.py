@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, Bench, digit_prompt, environment, log  # noqa: E402
+from benchmarks.common import RESULTS, Bench, digit_prompt, environment, log, split_at_step  # noqa: E402
 from benchmarks.defaults_grid import UNRELATED  # noqa: E402
 from devtools.dng_defaults import dng_node_defaults  # noqa: E402
 
@@ -58,17 +58,9 @@ def split_prompt(first: str, second: str, *, n: int, seed: int, sampler: str, k:
         return [node_id, 0]
 
     negative = {"plain": ["2", 0], "np": ["3", 0]}
-    common = {"steps": STEPS, "cfg": UNRELATED["cfg"], "sampler_name": sampler, "scheduler": "normal",
-              "positive": ["8", 0]}
-    p["11"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": model_of(first, "12"), "add_noise": "enable", "noise_seed": int(seed),
-        "negative": negative[first], "latent_image": ["4", 0], "start_at_step": 0, "end_at_step": int(k),
-        "return_with_leftover_noise": "enable"}}
-    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": model_of(second, "13"), "add_noise": "disable", "noise_seed": int(seed) + 1000,
-        "negative": negative[second], "latent_image": ["11", 0], "start_at_step": int(k), "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
-    return p
+    return split_at_step(p, k=k, models=(model_of(first, "12"), model_of(second, "13")),
+                         negatives=(negative[first], negative[second]), positive=["8", 0], latent=["4", 0],
+                         seed=seed, steps=STEPS, cfg=UNRELATED["cfg"], sampler=sampler)
 
 
 def write_markdown(out: Path) -> None:

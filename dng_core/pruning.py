@@ -30,7 +30,7 @@ its evidence separates images that would show the concept from images that would
 model (benchmarks/pruning_horizon.py, 20 steps): a threshold that pruned 90 % of an absent concept's images at
 step 3 would also prune 89 % of the images that would show it (euler_ancestral; AUC 0.55), and it prunes under
 3 % of them only from step 12 (euler_ancestral) / 8 (euler). Four absent concepts therefore cost at least about
-2.2x / 2.8x plain CFG with any rule read from the posterior, against 3x / 5.5x without pruning.
+2.2x / 2.8x plain CFG with any threshold on the posterior, against 3x / 5.5x without pruning.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import torch
 
 from .parametrisation import Parametrisation
 
-__all__ = ["PathPoint", "PROBE_STEP", "probe_direction", "probe_offset", "divergence_difference",
+__all__ = ["PathPoint", "PROBE_STEP", "PROBE_SEED", "probe_direction", "probe_offset", "divergence_difference",
            "path_log_odds_change", "euler_coefficients"]
 
 #: Finite-difference step of the divergence probe, relative to the noise level (h = PROBE_STEP * sigma_ve in
@@ -49,9 +49,26 @@ def _ve(sigma: float, parametrisation: Parametrisation) -> tuple[float, float]:
     return 1.0, sigma
 
 
-def probe_direction(shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-    """A Rademacher direction (+-1 per element), drawn on the CPU from ``generator`` so runs are reproducible."""
-    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8).to(torch.float32) * 2.0 - 1.0
+#: Seed of the probe directions (their own stream: the sampler's noise is left alone).
+PROBE_SEED = 0x444E47
+
+
+def probe_direction(shape: torch.Size | tuple[int, ...], step: int, seed: int = PROBE_SEED) -> torch.Tensor:
+    """A Rademacher direction (+-1 per element) for the probe of sampling step ``step``, drawn on the CPU.
+
+    Each image of the batch gets its own stream, seeded by (seed, step, its index in the batch): an image's
+    direction, and so its guidance, does not depend on how many images share the batch, as ComfyUI's own
+    initial noise does not (image i of a batch of 4 is image i of a batch of 64), and a step that is evaluated
+    twice draws the same direction."""
+    shape = tuple(shape)
+    per_image = shape[1:]
+    out = torch.empty(shape, dtype=torch.float32)
+    gen = torch.Generator()
+    for i in range(shape[0]):
+        # distinct, well-mixed seeds per (step, image); stays below 2**63 for manual_seed
+        gen.manual_seed((seed * 1_000_003 + step) * 1_000_033 + i)
+        out[i] = torch.randint(0, 2, per_image, generator=gen, dtype=torch.int8).to(torch.float32)
+    return out * 2.0 - 1.0
 
 
 def probe_offset(sigma: float, parametrisation: Parametrisation) -> float:

@@ -46,9 +46,6 @@ LAMBDA0_MAX = 1000.0
 StepListener = Callable[["GuidedRun", StepRecord], None]
 #: probe(x_probe) -> (D_u(x_probe), [D_neg_k(x_probe)]): the unguided predictions at another state, same sigma
 Probe = Callable[[torch.Tensor], "tuple[torch.Tensor, Sequence[torch.Tensor]]"]
-# The divergence probe's directions come from their own generator, so a run is reproducible and leaves the
-# sampler's noise alone.
-PROBE_SEED = 0x444E47
 
 
 @dataclass(frozen=True)
@@ -399,7 +396,6 @@ class DNGRun(GuidedRun):
         self.pruner: ConceptPruner | None = None
         self.trackers: list[PosteriorTracker] = []
         self._confirmed_inputs: _StepInputs | None = None
-        self._probe_generator = torch.Generator().manual_seed(PROBE_SEED)
 
     @property
     def needs_probe(self) -> bool:
@@ -505,7 +501,7 @@ class DNGRun(GuidedRun):
                                 torch.tensor([float(sigma)], dtype=torch.float64), self.parametrisation)
         return kernel.coef_d.to(device=x.device, dtype=x.dtype).reshape((1,) * x.dim())
 
-    def _divergences(self, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
+    def _divergences(self, step: int, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
                      d_negs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
         """div D_neg_k - div D_u at x per concept (one Hutchinson probe), or None where sigma carries none."""
         h = probe_offset(sigma, self.parametrisation)
@@ -514,7 +510,7 @@ class DNGRun(GuidedRun):
         if self._probe is None:
             raise ValueError("the path posterior estimator needs the host to pass a probe to guide(); this host "
                              "did not (use posterior_variance 'kernel')")
-        eps = probe_direction(x.shape, self._probe_generator).to(device=x.device, dtype=x.dtype)
+        eps = probe_direction(x.shape, self._step_offset + step).to(device=x.device, dtype=x.dtype)
         d_u_probe, d_negs_probe = self._probe(x + h * eps)
         self.probe_calls += 1
         if len(d_negs_probe) != len(d_negs):
@@ -527,7 +523,7 @@ class DNGRun(GuidedRun):
         return guidance_scale(log_p, self.lambda0s.to(log_p))
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
-        divs = self._divergences(x, sigma, d_u, d_negs) if self.needs_probe else None
+        divs = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None
         inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(),
                              [None if d is None else d.detach().clone() for d in d_negs], divs)
         if self._confirmed_inputs is None and self._carried_offset is not None:  # a continued pass's first step

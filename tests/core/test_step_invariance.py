@@ -168,3 +168,36 @@ def test_path_estimator_follows_the_exact_posterior_on_a_deterministic_path():
     side = float(((tracked > 0.5) == (exact > 0.5)).double().mean())
     print(f"[path estimator, 1-D toy, euler 20] mean |p - p_exact| {err:.2e}, same side of 0.5 {side:.4f}")
     assert err < 2e-3 and side > 0.998
+
+
+def _path_run_log_p(x0: torch.Tensor, sig: list[float]) -> torch.Tensor:
+    """log p per step [steps, samples] of a guided euler run with the path estimator on the 2-D toy."""
+    posterior = PosteriorConfig(variance="path")
+    run = DNGRun(DNGConfig(lambda0=5.0, posterior=posterior), sig, stochastic_sampler=False)
+    x = x0
+    for a, b in zip(sig[:-1], sig[1:]):
+        pred = TOY_2D.predict(x, a)
+
+        def probe(x_probe: torch.Tensor, s: float = a):
+            at = TOY_2D.predict(x_probe, s)
+            return at.d_uncond, [at.d_neg]
+        d = run.guide(x, a, pred.d_uncond, None, [pred.d_neg], 0.0, probe=probe)
+        x = d if b == 0.0 else x + (b - a) * (x - d) / a
+    run.finish(x)
+    return torch.tensor([st.p[0] for st in run.trace.steps], dtype=DTYPE).log()
+
+
+def test_an_images_guidance_does_not_depend_on_the_rest_of_its_batch():
+    """The divergence probe draws each image's direction from its own stream (seeded by step and batch index), so
+    the first images of a batch of 6 are guided exactly as the same images in a batch of 2 (as ComfyUI's initial
+    noise: image i of a batch is image i of a larger batch). With one stream for the batch the directions of
+    every step after the first would differ, and with them the posterior."""
+    sig = [float(v) for v in karras_sigmas(12, SIGMA_MIN, SIGMA_MAX)]
+    g = torch.Generator().manual_seed(3)
+    x0 = sig[0] * torch.randn(6, TOY_2D.mixture.dim, generator=g, dtype=DTYPE)
+    alone, in_batch = _path_run_log_p(x0[:2], sig), _path_run_log_p(x0, sig)
+    assert alone.shape == (len(sig) - 1, 2)
+    # equal up to float64 rounding (a batched sum may add in another order)
+    assert (alone - in_batch[:, :2]).abs().max() < 1e-9
+    # the probe is not idle here: other images (other directions, other states) end elsewhere
+    assert (in_batch[-1, 2:] - in_batch[-1, :1]).abs().max() > 1e-3

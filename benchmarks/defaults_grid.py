@@ -94,17 +94,25 @@ def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
     return [p for p in out if p.method in methods]
 
 
-def setting_suffix(params: dict[str, Any]) -> str:
+def is_deterministic(sampler: str) -> bool:
+    """Whether a grid sampler injects no noise (the pack's sampler_is_stochastic, by name)."""
+    return not any(marker in sampler for marker in ("ancestral", "sde"))
+
+
+def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     """The part of a DNG row's key that names its inputs (lambda0 aside) that differ from the node defaults:
     "" at the defaults, e.g. "/evidence=sampled" otherwise. Inputs a row predates count as their value then
-    (``evidence`` was ``sampled`` before it existed)."""
+    (``evidence`` was ``sampled`` before it existed; ``deterministic_push`` was ``raw`` on deterministic samplers,
+    and does nothing on the others)."""
     defaults = node_defaults()
     then = {**defaults, "evidence": "sampled", **{k: v for k, v in params.items() if k != "lambda0"}}
+    if "deterministic_push" not in params and sampler is not None and is_deterministic(sampler):
+        then["deterministic_push"] = "raw"
     return "".join(f"/{k}={then[k]}" for k in sorted(defaults) if then[k] != defaults[k])
 
 
 def row_key(pt: Point, dng_params: dict[str, Any]) -> str:
-    return pt.key + (setting_suffix(dng_params) if pt.method == "dng" else "")
+    return pt.key + (setting_suffix(dng_params, pt.sampler) if pt.method == "dng" else "")
 
 
 def shard(items: Sequence[Point], spec: str) -> list[Point]:
@@ -216,7 +224,8 @@ class _Runner:
 def current_key(row: dict) -> str:
     """A row's key against today's node defaults (its stored key names the setting against the defaults of the
     day it ran, which may have changed since)."""
-    return _point_key(row) + (setting_suffix(row.get("dng_params", {})) if row["method"] == "dng" else "")
+    return _point_key(row) + (setting_suffix(row.get("dng_params", {}), row["sampler"]) if row["method"] == "dng"
+                              else "")
 
 
 def done_keys(out: Path) -> set[str]:
@@ -340,7 +349,7 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     rows = sorted(by_key.values(), key=lambda r: r["key"])
     for r in rows:  # against today's node defaults: a row measured at an earlier default is no longer one
         if r["method"] == "dng":
-            r["uses_defaults"] = setting_suffix(r.get("dng_params", {})) == ""
+            r["uses_defaults"] = setting_suffix(r.get("dng_params", {}), r["sampler"]) == ""
     cells: dict[tuple, list[dict]] = {}
     for r in rows:  # the verdicts judge the default setting; other settings' rows stay in the json
         if r["method"] != "dng" or r["uses_defaults"]:

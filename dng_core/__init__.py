@@ -8,6 +8,7 @@ Modules, in the order data flows through one step:
     guidance         combine_guidance: D_u + s (D_pos - D_u) - sum_k lambda_k (D_neg_k - D_u)
     baselines        negative prompting and Safe Latent Diffusion over the same inputs
     run              DNGRun / NegativePromptRun / SLDRun: one sampling run, once-per-step state
+    transmission     T(sigma): the push's scaling that matches deterministic to ancestral samplers
     trace            GuidanceTrace: per step and sample, JSON, bounded
     history          TraceHistory: recent runs, found again by their output latent
     plotting         plot_trace: the trace as an RGB image (matplotlib, Agg)
@@ -27,13 +28,14 @@ from .posterior import (MAX_RATE, PAPER_MODE, EvidencePath, PosteriorConfig, Pos
 from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, RunContinuation, SLDRun, StepAligner,
                   tensor_fingerprint)
 from .trace import GuidanceTrace, StepRecord
+from .transmission import DeterministicPush, ode_to_sde_gain_ratio
 
 __all__ = [
-    "ConceptPruner", "PruningPolicy", "EvidencePath", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm",
+    "ConceptPruner", "DeterministicPush", "PruningPolicy", "EvidencePath", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm",
     "compose_increment", "path_log_odds_change",
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
     "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
     "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",
     "TraceLookup", "combine_guidance", "guidance_scale", "negative_prompting", "plot_message", "plot_trace",
-    "posterior_increment", "reverse_kernel", "sld_denoised", "sld_step", "tensor_fingerprint",
+    "ode_to_sde_gain_ratio", "posterior_increment", "reverse_kernel", "sld_denoised", "sld_step", "tensor_fingerprint",
 ]

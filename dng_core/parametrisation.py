@@ -53,6 +53,14 @@ class Parametrisation(str, enum.Enum):
             return one, sigma, torch.rsqrt(1.0 + sigma * sigma)
         return 1.0 - sigma, sigma, torch.ones_like(sigma)
 
+    def sigma_ve(self, sigma: float) -> float:
+        """The variance-exploding noise level of the state at ``sigma``: sigma itself, or t / (1 - t) for
+        rectified flow (infinite at t = 1)."""
+        if self is Parametrisation.VARIANCE_EXPLODING:
+            return float(sigma)
+        alpha = 1.0 - float(sigma)
+        return float(sigma) / alpha if alpha > 0 else float("inf")
+
 
 @dataclass(frozen=True)
 class ReverseKernel:

@@ -34,9 +34,10 @@ from .baselines import SLDConfig, SLDState, sld_denoised
 from .guidance import check_scale_args, combine_guidance
 from .parametrisation import Parametrisation, reverse_kernel
 from .path import PathPoint, divergence_difference, euler_coefficients, probe_direction, probe_offset
-from .posterior import EvidencePath, PosteriorConfig, PosteriorTracker, guidance_scale
+from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
+from .transmission import DeterministicPush, ode_to_sde_gain_ratio
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -54,9 +55,12 @@ class DNGConfig:
 
     lambda0: float = 75.0
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
+    #: the push's scaling on deterministic samplers (dng_core.transmission); only in the ``rate`` form
+    deterministic_push: DeterministicPush = DeterministicPush.MATCHED
 
     def __post_init__(self) -> None:
         check_scale_args("lambda0", self.lambda0, LAMBDA0_MAX)
+        object.__setattr__(self, "deterministic_push", DeterministicPush(self.deterministic_push))
 
     @property
     def max_scale(self) -> float:
@@ -65,7 +69,13 @@ class DNGConfig:
         return self.lambda0 * p / (1.0 - p)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lambda0": self.lambda0, **self.posterior.as_dict()}
+        return {"lambda0": self.lambda0, **self.posterior.as_dict(),
+                "deterministic_push": self.deterministic_push.value}
+
+    def scales_push(self, stochastic_sampler: bool | None) -> bool:
+        """Whether a run on this sampler scales its push by T(sigma): deterministic samplers in the rate form."""
+        return (self.deterministic_push is DeterministicPush.MATCHED and stochastic_sampler is False
+                and self.posterior.form is PosteriorForm.RATE)
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
@@ -366,10 +376,11 @@ class DNGRun(GuidedRun):
                  parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
                  on_step: StepListener | None = None, stochastic_sampler: bool | None = None,
                  lambda0s: Sequence[float] | None = None, pruning: PruningPolicy | None = None,
-                 concept_labels: Sequence[str] | None = None) -> None:
+                 concept_labels: Sequence[str] | None = None, data_scale: float = 1.0) -> None:
         """``lambda0s``: one lambda0 per concept (default: ``config.lambda0`` for all); ``pruning``: stop
         predicting concepts that settled at the floor (dng_core.pruning; None: never); ``concept_labels``: names
-        for the trace and plots."""
+        for the trace and plots; ``data_scale``: the model's data scale s (ComfyUI's sigma_data), which sets
+        the deterministic samplers' push scaling T(sigma) = 2 s / sqrt(s^2 + sigma^2) (dng_core.transmission)."""
         # posterior variance AUTO becomes the estimator for this run's sampler; the trace records both.
         requested = config.posterior.variance
         config = replace(config, posterior=config.posterior.resolved(stochastic_sampler))
@@ -377,6 +388,11 @@ class DNGRun(GuidedRun):
         if requested is not config.posterior.variance:
             params["variance_requested"] = requested.value
         params["stochastic_sampler"] = stochastic_sampler
+        if not (isinstance(data_scale, (int, float)) and math.isfinite(data_scale) and data_scale > 0):
+            raise ValueError(f"data_scale must be a finite number > 0, got {data_scale!r}")
+        self._push_scale_s = float(data_scale) if config.scales_push(stochastic_sampler) else None
+        if self._push_scale_s is not None:
+            params["push_data_scale"] = self._push_scale_s
         lambda0s = [config.lambda0] * concepts if lambda0s is None else [float(v) for v in lambda0s]
         if len(lambda0s) != concepts:
             raise ValueError(f"lambda0s has {len(lambda0s)} values for {concepts} concepts")
@@ -519,8 +535,13 @@ class DNGRun(GuidedRun):
                 divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma, self.parametrisation)
                 for k in range(len(d_negs))]
 
-    def _scale(self, log_p: torch.Tensor) -> torch.Tensor:
-        return guidance_scale(log_p, self.lambda0s.to(log_p))
+    def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
+        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push)."""
+        scale = guidance_scale(log_p, self.lambda0s.to(log_p))
+        if self._push_scale_s is None:
+            return scale
+        sigma_ve = self.parametrisation.sigma_ve(sigma)
+        return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         divs = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None
@@ -529,7 +550,7 @@ class DNGRun(GuidedRun):
         if self._confirmed_inputs is None and self._carried_offset is not None:  # a continued pass's first step
             inputs.offset = self._carried_offset.to(x)
         log_p, observed = self._log_p_at(x, sigma, inputs)
-        scale = self._scale(log_p)
+        scale = self._scale(log_p, sigma)
         out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
         predicted = [d is not None for d in d_negs]
         inputs.scale = _zero_unpredicted(scale, predicted).detach().clone()
@@ -542,7 +563,7 @@ class DNGRun(GuidedRun):
 
     def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         scale = self._pending.scale if self._pending is not None else self._scale(
-            torch.stack([t.log_p for t in self.trackers])) if self.trackers else None
+            torch.stack([t.log_p for t in self.trackers]), sigma) if self.trackers else None
         return _combine(d_u, d_pos, d_negs, scale, cfg_scale)
 
     def _commit(self, cand: _Candidate) -> None:

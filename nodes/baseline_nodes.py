@@ -45,7 +45,7 @@ class NegativePromptingGuidance(io.ComfyNode):
     def execute(cls, model, empty_conditioning, scale) -> io.NodeOutput:
         NegativePromptRun(scale, [1.0, 0.0])  # validates scale now, not at the first sampler step
 
-        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None):
+        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None, data_scale=1.0):
             return NegativePromptRun(scale, sigmas, parametrisation=parametrisation, on_step=on_step)
 
         patched, history = patch_model(model, empty_conditioning, make_run, cls.hidden.unique_id,
@@ -105,7 +105,7 @@ class SafeLatentDiffusionGuidance(io.ComfyNode):
         else:
             raise ValueError(f"preset must be one of {[*SLD_PRESETS, _CUSTOM]}, got {preset!r}")
 
-        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None):
+        def make_run(sigmas, parametrisation, on_step, stochastic_sampler=None, data_scale=1.0):
             return SLDRun(config, sigmas, parametrisation=parametrisation, on_step=on_step)
 
         patched, history = patch_model(model, empty_conditioning, make_run, cls.hidden.unique_id,

@@ -31,10 +31,10 @@ def dng_run_factory(config: DNGConfig, more: list[NegativeConcept] | None = None
     multi = bool(more)
 
     def make_run(sigmas: torch.Tensor, parametrisation: Parametrisation, on_step,
-                 stochastic_sampler: bool | None = None) -> DNGRun:
+                 stochastic_sampler: bool | None = None, data_scale: float = 1.0) -> DNGRun:
         return DNGRun(config, sigmas, concepts=len(lambda0s), parametrisation=parametrisation, on_step=on_step,
                       stochastic_sampler=stochastic_sampler, lambda0s=lambda0s if multi else None,
-                      pruning=pruning, concept_labels=labels if multi else None)
+                      pruning=pruning, concept_labels=labels if multi else None, data_scale=data_scale)
     return make_run
 
 

@@ -9,8 +9,8 @@ from comfy_api.latest import io
 
 from dataclasses import dataclass
 
-from ..dng_core import (LAMBDA0_MAX, DNGConfig, EvidencePath, PosteriorConfig, PosteriorForm, PosteriorVariance,
-                        PruningPolicy)
+from ..dng_core import (LAMBDA0_MAX, DeterministicPush, DNGConfig, EvidencePath, PosteriorConfig, PosteriorForm,
+                        PosteriorVariance, PruningPolicy)
 from .schema import advanced
 
 TraceHandle = io.Custom("DNG_TRACE")
@@ -126,8 +126,8 @@ def dng_inputs() -> list[io.Input]:
 
 
 def evidence_inputs() -> list[io.Input]:
-    """The posterior's evidence path; last in the schema (after prune_concepts), so the widget values of
-    workflows saved before it existed keep their positions."""
+    """The posterior's evidence path and the deterministic push scaling; last in the schema (after
+    prune_concepts), so the widget values of workflows saved before they existed keep their positions."""
     return [
         io.Combo.Input("evidence", options=[e.value for e in EvidencePath],
                        default=_DEFAULTS.posterior.evidence.value, optional=True, **advanced(),
@@ -144,19 +144,31 @@ def evidence_inputs() -> list[io.Input]:
                                "without either (the cfg-1 step); slower to switch off for unrelated images. "
                                "Measured on the pack's digit and shapes models only "
                                "(benchmarks/results/defaults_grid.md, composition_timing.md)."),
+        io.Combo.Input("deterministic_push", options=[v.value for v in DeterministicPush],
+                       default=_DEFAULTS.deterministic_push.value, optional=True, **advanced(),
+                       tooltip="How the guidance is scaled on deterministic samplers (euler, dpmpp_2m, heun, "
+                               "...). 'matched' (default): by 2 s / sqrt(s^2 + sigma^2) at noise level sigma "
+                               "(s: the model's sigma_data, 1 for SD and flow models), so that a push moves the "
+                               "final image as far as the same push on an ancestral sampler and one lambda0 "
+                               "serves both (derivation: dng_core/transmission.py). Weaker than the raw push at "
+                               "high noise, up to 2x at the last steps. 'raw': unscaled. Ancestral / SDE "
+                               "samplers and posterior_form 'paper' are never scaled. Measured on the pack's "
+                               "digit models only (benchmarks/results/defaults_grid.md)."),
     ]
 
 
 def dng_config(lambda0: float, prior: float, temperature: float, offset: float, p_min: float, p_max: float,
                posterior_variance: str = PosteriorVariance.AUTO.value,
                posterior_form: str | None = None, more_concepts: Any = None, prune_concepts: Any = None,
-               evidence: str | None = None, **_: Any) -> DNGConfig:
+               evidence: str | None = None, deterministic_push: str | None = None, **_: Any) -> DNGConfig:
     """The core config from node inputs; raises ValueError naming the input and the valid range."""
     variance = _choice("posterior_variance", posterior_variance, PosteriorVariance)
     form = _choice("posterior_form", posterior_form or _DEFAULTS.posterior.form.value, PosteriorForm)
     path = _choice("evidence", evidence or _DEFAULTS.posterior.evidence.value, EvidencePath)
+    push = _choice("deterministic_push", deterministic_push or _DEFAULTS.deterministic_push.value,
+                   DeterministicPush)
     return DNGConfig(lambda0, PosteriorConfig(prior, temperature, offset, p_min, p_max, variance, form,
-                                              evidence=path))
+                                              evidence=path), deterministic_push=push)
 
 
 def _choice(name: str, value: Any, options: Any) -> Any:

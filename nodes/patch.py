@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,8 +45,8 @@ log = logging.getLogger("comfyui-dng")
 RUN_KEY = "dng_guidance_run"
 WRAPPER_KEY = "dng_guidance"
 
-# make_run(sigmas, parametrisation, on_step, stochastic_sampler) -> the run of one sampling pass
-RunFactory = Callable[[torch.Tensor, Parametrisation, Callable[[GuidedRun, StepRecord], None], "bool | None"],
+# make_run(sigmas, parametrisation, on_step, stochastic_sampler, data_scale) -> the run of one sampling pass
+RunFactory = Callable[[torch.Tensor, Parametrisation, Callable[[GuidedRun, StepRecord], None], "bool | None", float],
                       GuidedRun]
 
 # k-diffusion sampler functions whose steps inject fresh noise (ComfyUI's sample_<name>; by default eta = 1).
@@ -62,6 +63,18 @@ def parametrisation_of(model: Any) -> Parametrisation:
     if isinstance(sampling, comfy.model_sampling.CONST):
         return Parametrisation.RECTIFIED_FLOW
     return Parametrisation.VARIANCE_EXPLODING
+
+
+def data_scale_of(model: Any) -> float:
+    """The model's data scale s (ComfyUI's model_sampling.sigma_data: 1.0 for SD1.x / SDXL / flow latents and
+    discrete-schedule models, 0.5 for EDM-style ones), used by DNG's deterministic push scaling; 1.0 where the
+    model has none."""
+    value = getattr(getattr(model, "model_sampling", None), "sigma_data", 1.0)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return value if math.isfinite(value) and value > 0 else 1.0
 
 
 def sampler_is_stochastic(sampler: Any) -> bool | None:
@@ -219,7 +232,7 @@ def install_run_wrapper(model: Any, make_run: RunFactory, history: TraceHistory,
 
     def sampler_sample(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
         run = make_run(sigmas, parametrisation_of(guider.inner_model), events,
-                       sampler_is_stochastic(getattr(executor, "class_obj", None)))
+                       sampler_is_stochastic(getattr(executor, "class_obj", None)), data_scale_of(guider.inner_model))
         sampling_pass = _CURRENT_PASS.get()
         if sampling_pass is not None and sampling_pass.history is history:
             run.continue_from(sampling_pass.previous, int(noise.shape[0]))

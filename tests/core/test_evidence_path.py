@@ -41,7 +41,8 @@ def _run(evidence: str, lambda0: float, schedule: list[float], overlap: float, s
     """Sample with constant predictions; ancestral steps land on the kernel's mean, deterministic ones are euler
     steps. Returns the run and the scales used at each step, [steps, B]."""
     config = DNGConfig(lambda0, PosteriorConfig(prior=prior, temperature=1.0, offset=0.0, p_min=1e-6,
-                                                p_max=0.999, max_rate=0.0, evidence=evidence))
+                                                p_max=0.999, max_rate=0.0, evidence=evidence),
+                       deterministic_push="raw")  # the scales below are lambda0 p / (1 - p): the push unscaled
     run = DNGRun(config, schedule, stochastic_sampler=stochastic)
     a, b = _vectors(overlap)
     d_u = torch.zeros(SHAPE, dtype=torch.float64)

@@ -1,0 +1,85 @@
+"""How far a push on the prediction at noise level sigma moves the final sample, per sampler class.
+
+DNG pushes the prediction, D -> D - lambda (D_neg - D_u). One lambda0 for every sampler needs a push at a given
+noise level to move the final image equally far on deterministic and on stochastic samplers. It does not: on
+the pack's digit model the same lambda0 changed the images of an unrelated negative 1.2-1.6x more on euler and
+dpmpp_2m than on euler_ancestral (benchmarks/results/defaults_grid.md). The linear-Gaussian model says why, and
+by how much.
+
+Data x0 ~ N(mu, s^2 I) (s: the data's scale per dimension). In the variance-exploding state x = x0 + sigma eps
+the ideal denoiser is linear, D(x) = mu + k (x - mu) with k = s^2 / (s^2 + sigma^2).
+
+* **Probability-flow ODE** (euler, dpmpp_2m, heun, ...): dx / dsigma = (x - D) / sigma. A step sigma -> sigma'
+  moves x by (1 - sigma' / sigma) times a change of D, i.e. |d ln sigma| per unit push; the homogeneous part
+  d(x - mu) / dsigma = sigma (x - mu) / (s^2 + sigma^2) makes a displacement at sigma reach the end (sigma = 0)
+  scaled by s / sqrt(s^2 + sigma^2). Gain: ``G_ode = |d ln sigma| s / sqrt(s^2 + sigma^2)``.
+* **Reverse SDE** (euler_ancestral, dpmpp_2m_sde, ...): dx = 2 (x - D) / sigma dsigma + noise. An ancestral step
+  moves x by (1 - sigma'^2 / sigma^2) ~ 2 |d ln sigma| per unit push; the homogeneous part doubles, so a
+  displacement at sigma reaches the end scaled by s^2 / (s^2 + sigma^2) (the injected noise makes the sampler
+  forget early pushes). Gain: ``G_sde = 2 |d ln sigma| s^2 / (s^2 + sigma^2)``.
+
+Their ratio,
+
+    T(sigma) = G_sde / G_ode = 2 s / sqrt(s^2 + sigma^2),
+
+is the factor by which a deterministic sampler's push must be scaled to move the final sample as far as the
+same push on a stochastic one: ~2 s / sigma at high noise (where the ODE keeps a push the SDE forgets), 1 at
+sigma = sqrt(3) s, 2 as sigma -> 0. The pack applies it to lambda on deterministic samplers in the ``rate`` form,
+so lambda0 means the same on both classes; the paper's exact mode and stochastic samplers are left as they are.
+``tests/core/test_transmission.py`` checks both gains on the linear-Gaussian model sampled with ComfyUI's euler
+and euler_ancestral updates.
+
+s is the model's data scale: ComfyUI's ``model_sampling.sigma_data`` (1.0 for SD1.x / SDXL latents and for the
+pack's digit models, which are discrete-schedule models like SD1.5; 0.5 for EDM-style pixel models). For
+rectified-flow models sigma is the variance-exploding one, t / (1 - t).
+
+What it leaves out: real data is not Gaussian. The removal of a concept that *is* forming is a choice between
+modes, which the linear response does not describe; that DNG's posterior grows where the concept forms (and
+with it lambda) is what keeps the removal (measured: benchmarks/results/defaults_grid.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+__all__ = ["DeterministicPush", "ode_to_sde_gain_ratio", "ode_gain", "sde_gain"]
+
+
+class DeterministicPush(str, enum.Enum):
+    """How DNG's push is scaled on a deterministic sampler (named after the node input ``deterministic_push``).
+
+    ``MATCHED`` (default): times T(sigma) (``ode_to_sde_gain_ratio``), so that a push moves the final sample as
+    far as on an ancestral sampler and one lambda0 means the same on both; ``RAW``: unscaled (before session 11).
+    Stochastic samplers, samplers that can't be told, and the paper's exact mode are never scaled."""
+
+    MATCHED = "matched"
+    RAW = "raw"
+
+
+def _check(sigma: float, data_scale: float) -> None:
+    if not (math.isfinite(data_scale) and data_scale > 0):
+        raise ValueError(f"data_scale must be a finite number > 0, got {data_scale!r}")
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+
+
+def ode_gain(sigma: float, data_scale: float) -> float:
+    """s / sqrt(s^2 + sigma^2): how much of a displacement of x at ``sigma`` the probability-flow ODE carries to
+    the final sample in the linear-Gaussian model (per unit push: times |d ln sigma| of the step)."""
+    _check(sigma, data_scale)
+    if math.isinf(sigma):
+        return 0.0
+    return data_scale / math.hypot(data_scale, sigma)
+
+
+def sde_gain(sigma: float, data_scale: float) -> float:
+    """s^2 / (s^2 + sigma^2): the same for the reverse SDE (ancestral samplers), whose steps also move x twice as
+    far per unit push (2 |d ln sigma|)."""
+    return ode_gain(sigma, data_scale) ** 2
+
+
+def ode_to_sde_gain_ratio(sigma: float, data_scale: float) -> float:
+    """T(sigma) = 2 s / sqrt(s^2 + sigma^2), the factor on a deterministic sampler's push at ``sigma`` that moves
+    the final sample as far as the same push on an ancestral sampler (module docstring). 0 at infinite sigma."""
+    return 2.0 * ode_gain(sigma, data_scale)

@@ -139,7 +139,7 @@ class RunContinuation:
 
 # Run parameters that follow from the pass's sampler rather than from the user's setting: a split schedule may
 # change samplers between passes (ancestral, then deterministic) and is still one run.
-_PER_SAMPLER_PARAMS = ("variance", "variance_requested", "stochastic_sampler")
+_PER_SAMPLER_PARAMS = ("variance", "variance_requested", "stochastic_sampler", "push_data_scale")
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:

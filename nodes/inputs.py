@@ -84,9 +84,9 @@ def dng_inputs() -> list[io.Input]:
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
                                "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
                                "On the pack's digit model the default removed the concept on ancestral, SDE and "
-                               "deterministic samplers at 20 steps; 50-step ancestral runs want about 90, "
-                               "deterministic samplers are safe from about 32. " + VERIFIED_ON + " 0 turns the "
-                               "negative guidance off."),
+                               "deterministic samplers at 20 and 50 steps (deterministic ones with "
+                               "deterministic_push 'matched'); 50-step euler_ancestral runs want about 90. "
+                               + VERIFIED_ON + " 0 turns the negative guidance off."),
         # step 1e-4: the frontend snaps a value to a multiple of the step (3e-4 would become the minimum at 0.001)
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
                        step=0.0001, round=1e-6,

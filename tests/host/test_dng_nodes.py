@@ -21,6 +21,16 @@ def starts_at_prior(trace) -> bool:
     return bool(torch.allclose(p0, torch.full_like(p0, PRIOR), rtol=1e-12))
 
 
+def push_factors(trace) -> torch.Tensor:
+    """[steps, 1, 1]: the deterministic push scaling T(sigma) of each step (1 where the run does not scale its
+    push: ancestral samplers, deterministic_push 'raw'); the SD1.5 checkpoint is variance-exploding."""
+    from dng_core.transmission import ode_to_sde_gain_ratio
+
+    s = trace.params.get("push_data_scale")
+    return torch.tensor([ode_to_sde_gain_ratio(st.sigma, s) if s else 1.0 for st in trace.steps],
+                        dtype=torch.float64).reshape(-1, 1, 1)
+
+
 def run_ok(runner, prompt):
     return runner.run(prompt, check=True)
 
@@ -58,7 +68,7 @@ def test_posterior_advances_once_per_step(prompt_runner, pack_nodes, sampler):
     # a concept every image has settled on is pruned (not predicted, no guidance) once its posterior sits at the
     # floor, which on this random-weight checkpoint can happen within 4 steps
     predicted = trace.predicted_series()[:, 0].reshape(-1, 1, 1).to(lam.dtype)
-    assert torch.allclose(lam, predicted * 5.0 * p / (1 - p), rtol=1e-9)
+    assert torch.allclose(lam, predicted * 5.0 * p / (1 - p) * push_factors(trace), rtol=1e-9)
 
 
 def test_batch_elements_keep_separate_posteriors(prompt_runner, pack_nodes):
@@ -117,7 +127,7 @@ def test_dng_still_acts_at_cfg_one(prompt_runner, pack_nodes):
     run_ok(prompt_runner, p)
     guided = latent_of(prompt_runner).clone()
     trace = trace_of(prompt_runner)
-    assert trace.steps[0].scale == [[pytest.approx(5.0)]]
+    assert trace.steps[0].scale == [[pytest.approx(5.0 * float(push_factors(trace)[0]))]]
     plain = H.txt2img_prompt(cfg=1.0, seed=41, negative="a dog", filename_prefix="dng_test")
     run_ok(prompt_runner, plain)
     assert not torch.allclose(guided, latent_of(prompt_runner), atol=1e-3)
@@ -322,3 +332,26 @@ def test_auto_posterior_variance_is_the_estimator_for_the_sampler(prompt_runner,
     other = "kernel" if resolved == "path" else "path"
     run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=61, posterior_variance=other))
     assert not torch.equal(trace_of(prompt_runner).series("p"), trace.series("p")), "estimators must differ"
+
+
+@pytest.mark.parametrize("sampler, scaled", [("euler", True), ("euler_ancestral", False)])
+def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt_runner, pack_nodes, sampler, scaled):
+    """deterministic_push 'matched' (default): on a deterministic sampler the scale at sigma is lambda0 p / (1 - p)
+    times 2 s / sqrt(s^2 + sigma^2), s the checkpoint's sigma_data (1.0 for SD1.5); never on an ancestral one;
+    'raw' leaves it unscaled. Read at the first step, where p is the prior."""
+    from dng_core.transmission import ode_to_sde_gain_ratio
+
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=62, batch_size=2))
+    trace = trace_of(prompt_runner)
+    assert starts_at_prior(trace) and trace.params["deterministic_push"] == "matched"
+    assert trace.params.get("push_data_scale") == (1.0 if scaled else None)
+    first = trace.steps[0]
+    unscaled = trace.params["lambda0"] * PRIOR / (1 - PRIOR)
+    factor = ode_to_sde_gain_ratio(first.sigma, 1.0) if scaled else 1.0
+    assert first.scale[0] == pytest.approx([unscaled * factor] * 2, rel=1e-9)
+    assert (factor < 0.2) is scaled  # SD1.5's first sigma is ~14.6: the ODE keeps a push the SDE forgets
+    matched = latent_of(prompt_runner).clone()
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=62, batch_size=2, deterministic_push="raw"))
+    raw = trace_of(prompt_runner)
+    assert raw.steps[0].scale[0] == pytest.approx([unscaled] * 2, rel=1e-9)
+    assert torch.equal(latent_of(prompt_runner), matched) is not scaled

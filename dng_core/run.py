@@ -64,7 +64,8 @@ class DNGConfig:
 
     @property
     def max_scale(self) -> float:
-        """The largest lambda the clamp allows: lambda0 p_max / (1 - p_max)."""
+        """The largest lambda the clamp allows: lambda0 p_max / (1 - p_max), before a deterministic sampler's push
+        scaling T(sigma) (dng_core.transmission), which is at most 2."""
         p = self.posterior.p_max
         return self.lambda0 * p / (1.0 - p)
 

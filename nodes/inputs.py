@@ -107,7 +107,8 @@ def dng_inputs() -> list[io.Input]:
         io.Float.Input("p_max", default=p.p_max, min=POSTERIOR_RANGES["p_max"][0], max=POSTERIOR_RANGES["p_max"][1],
                        step=0.001, round=1e-6, **advanced(),
                        tooltip="Upper clamp of the posterior; bounds the scale at lambda0 * p_max / (1 - p_max) "
-                               "(20 at the defaults)."),
+                               "(300 at the defaults; on deterministic samplers with deterministic_push "
+                               "'matched' up to twice that at the last steps)."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
                        default=PosteriorVariance.AUTO.value, **advanced(),
                        tooltip="The estimator of each step's evidence. 'kernel': the likelihood ratio of the "

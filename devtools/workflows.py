@@ -869,8 +869,25 @@ async (spec) => {
 """
 
 
-def build_workflow(page: ComfyPage, spec: WorkflowSpec) -> dict:
-    """UI-format workflow for ``spec`` from the real frontend (the graph stays loaded in the page)."""
+def build_workflow(page: ComfyPage, spec: WorkflowSpec, attempts: int = 3) -> dict:
+    """UI-format workflow for ``spec`` from the real frontend (the graph stays loaded in the page).
+
+    Checked: the workflow holds exactly the spec's nodes (plus its notes). On a loaded machine the frontend's
+    own start-up workflow can land in the graph after ``loadApiJson`` (seen once: a default text-to-image graph
+    merged into dng_guider_custom_sampler); such a build is thrown away and redone."""
+    want = {str(k) for k in spec.prompt}
+    got: set[str] = set()
+    for _ in range(attempts):
+        workflow = _build_once(page, spec)
+        got = {str(n["id"]) for n in workflow["nodes"] if n["type"] != "Note"}
+        if got == want:
+            return workflow
+        page.page.wait_for_timeout(2000)
+    raise RuntimeError(f"{spec.name}: the frontend built nodes {sorted(got - want)} that the spec does not have "
+                       f"(missing: {sorted(want - got)}) in {attempts} attempts")
+
+
+def _build_once(page: ComfyPage, spec: WorkflowSpec) -> dict:
     arg = {"name": spec.name, "prompt": spec.prompt, "uuid": spec.uuid, "models": MODEL_SOURCES,
            "sizes": {k: list(v) for k, v in spec.sizes.items()},
            "blocks": [{"x": b.x, "y": b.y, "widths": b.widths, "rows": b.rows} for b in spec.blocks],

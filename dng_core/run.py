@@ -37,7 +37,7 @@ from .path import PathPoint, divergence_difference, euler_coefficients, probe_di
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import DeterministicPush, ode_to_sde_gain_ratio
+from .transmission import DeterministicPush, check_data_scale, ode_to_sde_gain_ratio
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -389,9 +389,8 @@ class DNGRun(GuidedRun):
         if requested is not config.posterior.variance:
             params["variance_requested"] = requested.value
         params["stochastic_sampler"] = stochastic_sampler
-        if not (isinstance(data_scale, (int, float)) and math.isfinite(data_scale) and data_scale > 0):
-            raise ValueError(f"data_scale must be a finite number > 0, got {data_scale!r}")
-        self._push_scale_s = float(data_scale) if config.scales_push(stochastic_sampler) else None
+        data_scale = check_data_scale(data_scale)
+        self._push_scale_s = data_scale if config.scales_push(stochastic_sampler) else None
         if self._push_scale_s is not None:
             params["push_data_scale"] = self._push_scale_s
         lambda0s = [config.lambda0] * concepts if lambda0s is None else [float(v) for v in lambda0s]

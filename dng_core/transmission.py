@@ -43,7 +43,7 @@ from __future__ import annotations
 import enum
 import math
 
-__all__ = ["DeterministicPush", "ode_to_sde_gain_ratio", "ode_gain", "sde_gain"]
+__all__ = ["DeterministicPush", "check_data_scale", "ode_to_sde_gain_ratio", "ode_gain", "sde_gain"]
 
 
 class DeterministicPush(str, enum.Enum):
@@ -57,9 +57,15 @@ class DeterministicPush(str, enum.Enum):
     RAW = "raw"
 
 
-def _check(sigma: float, data_scale: float) -> None:
-    if not (math.isfinite(data_scale) and data_scale > 0):
+def check_data_scale(data_scale: float) -> float:
+    """``data_scale`` as a float; ValueError unless it is a finite number > 0."""
+    if not (isinstance(data_scale, (int, float)) and math.isfinite(data_scale) and data_scale > 0):
         raise ValueError(f"data_scale must be a finite number > 0, got {data_scale!r}")
+    return float(data_scale)
+
+
+def _check(sigma: float, data_scale: float) -> None:
+    check_data_scale(data_scale)
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
 

@@ -22,6 +22,14 @@ from dng_core import MAX_RATE, PAPER_MODE, DNGConfig, DNGRun, PathPoint, Posteri
 SIGMA_MIN, SIGMA_MAX = 0.03, 80.0
 
 
+def _toy_probe(toy: Toy, sigma: float):
+    """The path estimator's divergence probe on a toy: its unguided predictions at another state, same sigma."""
+    def probe(x_probe: torch.Tensor):
+        at = toy.predict(x_probe, sigma)
+        return at.d_uncond, [at.d_neg]
+    return probe
+
+
 def _posterior_trajectories(toy: Toy, steps: tuple[int, ...], config: DNGConfig, n: int = 1000, seed: int = 0,
                             stochastic: bool = True) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Unguided sampling of the toy at each step count, every run driven by the same Brownian motion (so the
@@ -40,11 +48,7 @@ def _posterior_trajectories(toy: Toy, steps: tuple[int, ...], config: DNGConfig,
         x = sig[0] * z0
         for a, b in zip(sig[:-1], sig[1:]):
             pred = toy.predict(x, a)
-
-            def probe(x_probe: torch.Tensor, s: float = a):
-                at = toy.predict(x_probe, s)
-                return at.d_uncond, [at.d_neg]
-            d = run.guide(x, a, pred.d_uncond, None, [pred.d_neg], 0.0, probe=probe)
+            d = run.guide(x, a, pred.d_uncond, None, [pred.d_neg], 0.0, probe=_toy_probe(toy, a))
             if b == 0.0:
                 x = d
             elif stochastic:
@@ -177,11 +181,7 @@ def _path_run_log_p(x0: torch.Tensor, sig: list[float]) -> torch.Tensor:
     x = x0
     for a, b in zip(sig[:-1], sig[1:]):
         pred = TOY_2D.predict(x, a)
-
-        def probe(x_probe: torch.Tensor, s: float = a):
-            at = TOY_2D.predict(x_probe, s)
-            return at.d_uncond, [at.d_neg]
-        d = run.guide(x, a, pred.d_uncond, None, [pred.d_neg], 0.0, probe=probe)
+        d = run.guide(x, a, pred.d_uncond, None, [pred.d_neg], 0.0, probe=_toy_probe(TOY_2D, a))
         x = d if b == 0.0 else x + (b - a) * (x - d) / a
     run.finish(x)
     return torch.tensor([st.p[0] for st in run.trace.steps], dtype=DTYPE).log()

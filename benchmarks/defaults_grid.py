@@ -111,8 +111,16 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     return "".join(f"/{k}={then[k]}" for k in sorted(defaults) if then[k] != defaults[k])
 
 
-def row_key(pt: Point, dng_params: dict[str, Any]) -> str:
-    return pt.key + (setting_suffix(dng_params, pt.sampler) if pt.method == "dng" else "")
+def sample_suffix(case: str, n: int) -> str:
+    """The part of a row's key that names a sample size other than the protocol's (N_REMOVAL / N_UNRELATED):
+    "" at the protocol's size, e.g. "/n2000" otherwise, so a point sampled at two sizes keeps both rows."""
+    default = N_REMOVAL if case == "removal" else N_UNRELATED
+    return "" if n == default else f"/n{n}"
+
+
+def row_key(pt: Point, dng_params: dict[str, Any], n: int) -> str:
+    return (pt.key + sample_suffix(pt.case, n)
+            + (setting_suffix(dng_params, pt.sampler) if pt.method == "dng" else ""))
 
 
 def shard(items: Sequence[Point], spec: str) -> list[Point]:
@@ -246,7 +254,7 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
 
     dng = {**node_defaults(), **dng_overrides}
     todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales), spec)
-            if row_key(p, dng) not in done_keys(out)]
+            if row_key(p, dng, n_removal if p.case == "removal" else n_unrelated) not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
         return 0
@@ -256,7 +264,7 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
     t0 = time.perf_counter()
     for i, pt in enumerate(todo, 1):
         row = runner.run(pt)
-        row["key"] = row_key(pt, runner.dng)
+        row["key"] = row_key(pt, runner.dng, runner.n[pt.case])
         with part.open("a") as f:
             f.write(json.dumps(row) + "\n")
         scores = (f"change {row['mean_abs_change']:.4f}" if pt.case == "unrelated" else
@@ -271,7 +279,15 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
 
 
 def _series(rows: Iterable[dict], case: str, method: str) -> list[dict]:
-    return sorted((r for r in rows if r["case"] == case and r["method"] == method), key=lambda r: r["strength"])
+    """One row per strength, by strength; where a point was sampled at two sizes the larger sample decides (the
+    smaller row stays in the json)."""
+    by_strength: dict[float, dict] = {}
+    for r in rows:
+        if r["case"] == case and r["method"] == method:
+            kept = by_strength.get(r["strength"])
+            if kept is None or r.get("n", 0) > kept.get("n", 0):
+                by_strength[r["strength"]] = r
+    return [by_strength[k] for k in sorted(by_strength)]
 
 
 def cell_verdict(rows: Sequence[dict], lambda0: float | None = None) -> dict[str, Any]:
@@ -305,8 +321,8 @@ def cell_verdict(rows: Sequence[dict], lambda0: float | None = None) -> dict[str
 def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
     """Removal quality against NP and SLD at DNG point ``d``'s forbidden %, and the unrelated change there."""
     v: dict[str, Any] = {}
-    v.update(lambda0=d["strength"], forbidden_pct=d["forbidden_pct"], forbidden_upper95=d["forbidden_upper95"],
-             kl=d["kl"], fd_clf=d["fd_clf"])
+    v.update(lambda0=d["strength"], n=d.get("n", N_REMOVAL), forbidden_pct=d["forbidden_pct"],
+             forbidden_upper95=d["forbidden_upper95"], kl=d["kl"], fd_clf=d["fd_clf"])
     for base in ("np", "sld"):
         series = _series(rows, "removal", base)
         if not series:  # not run at this seed: not measured, not missed
@@ -447,8 +463,9 @@ def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
             continue
         q = [f"{_fmt(v.get(f'{m}_ratio_{b}'), 2)} {_fmt(v.get(f'{m}_vs_{b}_met'))}"
              for m in ("kl", "fd_clf") for b in ("np", "sld")]
+        size = "" if v.get("n", N_REMOVAL) == N_REMOVAL else f"; N {v['n']}"
         lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | {_fmt(v['lambda0'])} | "
-                     f"{_fmt(v['forbidden_pct'], 2)} ({_fmt(v['forbidden_upper95'], 2)}) "
+                     f"{_fmt(v['forbidden_pct'], 2)} ({_fmt(v['forbidden_upper95'], 2)}{size}) "
                      f"{_fmt(bool(v['safety_met']))} | " + " | ".join(q)
                      + f" | {_fmt(v.get('change_ratio'), 2)} {_fmt(v.get('deactivation_met'))} | "
                      f"{_fmt(v['all_met'])} |")
@@ -457,7 +474,7 @@ def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
 
 def _point_key(row: dict) -> str:
     return Point(row["model"], row["sampler"], row["steps"], row["seed"], row["case"], row["method"],
-                 row["strength"]).key
+                 row["strength"]).key + sample_suffix(row["case"], row["n"])
 
 
 def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], at_default: Sequence[dict],
@@ -468,7 +485,9 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
              f"(`benchmarks/results/defaults_grid.json`). Targets: forbidden <= {MAX_FORBIDDEN:g} % with upper 95 % "
              f"(Wilson) <= {MAX_UPPER:g} %; KL and FD_clf <= {MAX_QUALITY_RATIO:g} x NP's and SLD's at equal "
              f"forbidden % (interpolated); unrelated change <= {MAX_CHANGE_RATIO:g} x NP's at the NP scale matched "
-             "on the removal run (its weakest scale with <= 1 % forbidden).", "",
+             "on the removal run (its weakest scale with <= 1 % forbidden). N per point: "
+             f"{N_REMOVAL} (removal) / {N_UNRELATED} (unrelated) unless a table says otherwise; where a point was "
+             "sampled at two sizes, the larger sample decides (both rows are in the json).", "",
              f"## At the default lambda0 = {default:g} (every other input at its node default)", ""]
     lines += _verdict_table(at_default)
     lines += ["", "## At each cell's weakest safe lambda0 (the sweep)", ""]

@@ -51,3 +51,17 @@ def test_cell_verdict_on_a_known_case():
     # the upper bound decides safety too: 0.8 % observed with an upper bound of 1.6 % is not safe enough
     rows[1] = _row("removal", "dng", 5.0, forbidden=0.8, upper=1.6)
     assert not cell_verdict(rows)["safety_met"]
+
+
+def test_a_point_sampled_at_two_sizes_keeps_both_rows_and_the_larger_decides():
+    from benchmarks.defaults_grid import N_REMOVAL, Point, node_defaults, row_key
+
+    pt = Point("digits8", "euler_ancestral", 50, 1, "removal", "dng", 75.0)
+    assert row_key(pt, node_defaults(), N_REMOVAL) == pt.key
+    assert row_key(pt, node_defaults(), 2 * N_REMOVAL) == pt.key + "/n2000"
+    small = {**_row("removal", "dng", 75.0, forbidden=1.0, upper=1.83), "n": 1000}
+    large = {**_row("removal", "dng", 75.0, forbidden=0.8, upper=1.25), "n": 2000}
+    for rows in ([small, large], [large, small]):  # the order of the parts does not matter
+        v = cell_verdict(rows, 75.0)
+        assert v["safety_met"] and v["n"] == 2000 and v["forbidden_pct"] == 0.8
+    assert cell_verdict([small], 75.0)["safety_met"] is False

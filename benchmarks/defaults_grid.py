@@ -319,10 +319,17 @@ def cell_verdict(rows: Sequence[dict], lambda0: float | None = None) -> dict[str
 
 
 def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
-    """Removal quality against NP and SLD at DNG point ``d``'s forbidden %, and the unrelated change there."""
+    """Removal quality against NP and SLD at DNG point ``d``'s forbidden %, and the unrelated change there.
+
+    KL and FD_clf of a finite sample are biased upwards, the more so the smaller it is, so they are compared at
+    the baselines' sample size: where ``d`` is a larger sample than the protocol's, its KL and FD_clf come from
+    the protocol-size row at the same lambda0 (when there is one); its forbidden % still decides safety."""
     v: dict[str, Any] = {}
+    same_n = [r for r in rows if r["case"] == "removal" and r["method"] == "dng" and r["strength"] == d["strength"]
+              and r.get("n", N_REMOVAL) == N_REMOVAL]
+    q = same_n[0] if same_n and d.get("n", N_REMOVAL) != N_REMOVAL else d
     v.update(lambda0=d["strength"], n=d.get("n", N_REMOVAL), forbidden_pct=d["forbidden_pct"],
-             forbidden_upper95=d["forbidden_upper95"], kl=d["kl"], fd_clf=d["fd_clf"])
+             forbidden_upper95=d["forbidden_upper95"], kl=q["kl"], fd_clf=q["fd_clf"], quality_n=q.get("n", N_REMOVAL))
     for base in ("np", "sld"):
         series = _series(rows, "removal", base)
         if not series:  # not run at this seed: not measured, not missed
@@ -335,7 +342,7 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
                 safest = min(series, key=lambda r: r["forbidden_pct"]) if series else None
                 ref = safest[metric] if safest else None
                 v[f"{base}_{metric}_at"] = "safest point (never as safe as DNG)"
-            ratio = d[metric] / ref if ref else None
+            ratio = q[metric] / ref if ref else None
             v[f"{metric}_ratio_{base}"] = ratio
             v[f"{metric}_vs_{base}_met"] = ratio is not None and ratio <= MAX_QUALITY_RATIO
     np_safe = [r for r in _series(rows, "removal", "np") if r["forbidden_pct"] <= MAX_FORBIDDEN]

@@ -59,9 +59,14 @@ def test_a_point_sampled_at_two_sizes_keeps_both_rows_and_the_larger_decides():
     pt = Point("digits8", "euler_ancestral", 50, 1, "removal", "dng", 75.0)
     assert row_key(pt, node_defaults(), N_REMOVAL) == pt.key
     assert row_key(pt, node_defaults(), 2 * N_REMOVAL) == pt.key + "/n2000"
-    small = {**_row("removal", "dng", 75.0, forbidden=1.0, upper=1.83), "n": 1000}
-    large = {**_row("removal", "dng", 75.0, forbidden=0.8, upper=1.25), "n": 2000}
+    small = {**_row("removal", "dng", 75.0, forbidden=1.0, upper=1.83, kl=0.02, fd=2.0), "n": 1000}
+    large = {**_row("removal", "dng", 75.0, forbidden=0.8, upper=1.25, kl=0.01, fd=1.0), "n": 2000}
+    baselines = [_row("removal", "np", 0.5, forbidden=0.0, kl=0.1, fd=10.0),
+                 _row("removal", "np", 0.2, forbidden=2.0, kl=0.1, fd=10.0)]
     for rows in ([small, large], [large, small]):  # the order of the parts does not matter
-        v = cell_verdict(rows, 75.0)
+        v = cell_verdict(rows + baselines, 75.0)
         assert v["safety_met"] and v["n"] == 2000 and v["forbidden_pct"] == 0.8
-    assert cell_verdict([small], 75.0)["safety_met"] is False
+        # KL and FD shrink with the sample size: compared at the baselines' N, from the protocol-size row
+        assert v["quality_n"] == 1000 and v["kl_ratio_np"] == pytest.approx(0.2) and v["fd_clf"] == 2.0
+    assert cell_verdict([small] + baselines, 75.0)["safety_met"] is False
+    assert cell_verdict([large] + baselines, 75.0)["kl_ratio_np"] == pytest.approx(0.1)  # no protocol row: its own

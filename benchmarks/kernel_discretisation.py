@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.path_estimator_toy import _slope  # noqa: E402
+from benchmarks.path_estimator_toy import kernel_evidence, path_increment  # noqa: E402
 from devtools.toy_mixture import DTYPE, TOY_1D, TOY_2D, Toy, ancestral_step, karras_sigmas  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -80,16 +80,11 @@ def run(toy: Toy, steps: int, seed: int = 0) -> dict:
     for s, sn in zip(sig[:-2], sig[1:-1]):  # the last step (to sigma = 0) carries no evidence
         pred = toy.predict(x, s)
         xn = ancestral_step(x, pred.d_uncond, s, sn, g)
-        r2 = sn ** 2 / s ** 2
-        v = (s ** 2 - sn ** 2) * r2
-        shift = (1 - r2) * (pred.d_neg - pred.d_uncond)
-        residual = xn - (r2 * x + (1 - r2) * pred.d_uncond)
-        e = -((shift * shift).sum(1) - 2 * (residual * shift).sum(1)) / (2 * v)
+        e = kernel_evidence(x, xn, pred.d_neg, pred.d_uncond, s, sn)
         log_p["kernel"] = log_p["kernel"] + e
         log_p["kernel_kappa"] = log_p["kernel_kappa"] + kappa(sn / s) * e
-        g0, d0 = _slope(toy, x, s, log_p["path_exact_div"], "path_exact_div")
-        g1, d1 = _slope(toy, xn, sn, log_p["path_exact_div"], "path_exact_div")
-        log_p["path_exact_div"] = log_p["path_exact_div"] + 0.5 * ((g0 + g1) * (xn - x)).sum(1) + (sn - s) * 0.5 * (d0 + d1)
+        log_p["path_exact_div"] = log_p["path_exact_div"] + path_increment(
+            toy, x, xn, s, sn, log_p["path_exact_div"], "path_exact_div")
         x = xn
     exact = toy.exact_log_posterior(x, sig[-2])
     change = exact - start

@@ -70,6 +70,25 @@ def _slope(toy: Toy, x: torch.Tensor, sigma: float, log_p: torch.Tensor, estimat
     return (pred.d_neg - pred.d_uncond) / sigma ** 2, dsigma
 
 
+def kernel_evidence(x: torch.Tensor, x_next: torch.Tensor, d_neg: torch.Tensor, d_uncond: torch.Tensor,
+                    sigma: float, sigma_next: float) -> torch.Tensor:
+    """The paper's per-step evidence: the log-likelihood ratio of x_next under the concept's and the
+    unconditional Gaussian reverse kernel of the step sigma -> sigma_next (VE state)."""
+    r = sigma_next ** 2 / sigma ** 2
+    v = (sigma ** 2 - sigma_next ** 2) * r
+    shift = (1 - r) * (d_neg - d_uncond)
+    residual = x_next - (r * x + (1 - r) * d_uncond)
+    return -((shift * shift).sum(1) - 2 * (residual * shift).sum(1)) / (2 * v)
+
+
+def path_increment(toy: Toy, x: torch.Tensor, x_next: torch.Tensor, sigma: float, sigma_next: float,
+                   log_p: torch.Tensor, estimator: str) -> torch.Tensor:
+    """The path identity over one step, trapezoid rule (``estimator``: path_exact_div or path_two_group)."""
+    g0, d0 = _slope(toy, x, sigma, log_p, estimator)
+    g1, d1 = _slope(toy, x_next, sigma_next, log_p, estimator)
+    return 0.5 * ((g0 + g1) * (x_next - x)).sum(1) + (sigma_next - sigma) * 0.5 * (d0 + d1)
+
+
 def run(toy: Toy, sampler: str, steps: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     sig = [float(s) for s in karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX)]
@@ -82,15 +101,9 @@ def run(toy: Toy, sampler: str, steps: int, seed: int = 0) -> dict:
             xn = x + (sn - s) * (x - pred.d_uncond) / s
         else:
             xn = ancestral_step(x, pred.d_uncond, s, sn, g)
-        r = sn ** 2 / s ** 2
-        v = (s ** 2 - sn ** 2) * sn ** 2 / s ** 2
-        shift = (1 - r) * (pred.d_neg - pred.d_uncond)
-        residual = xn - (r * x + (1 - r) * pred.d_uncond)
-        log_p["kernel"] = log_p["kernel"] - ((shift * shift).sum(1) - 2 * (residual * shift).sum(1)) / (2 * v)
+        log_p["kernel"] = log_p["kernel"] + kernel_evidence(x, xn, pred.d_neg, pred.d_uncond, s, sn)
         for e in ("path_exact_div", "path_two_group"):
-            g0, d0 = _slope(toy, x, s, log_p[e], e)
-            g1, d1 = _slope(toy, xn, sn, log_p[e], e)
-            log_p[e] = log_p[e] + 0.5 * ((g0 + g1) * (xn - x)).sum(1) + (sn - s) * 0.5 * (d0 + d1)
+            log_p[e] = log_p[e] + path_increment(toy, x, xn, s, sn, log_p[e], e)
         x = xn
     exact = toy.exact_log_posterior(x, sig[-2]).exp()
     out = {"toy": toy.name, "sampler": sampler, "steps": steps, "n": N, "seed": seed, "sigma_end": sig[-2],

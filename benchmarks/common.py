@@ -135,6 +135,16 @@ def split_at_step(p: dict, *, k: int, models: tuple[list, list], negatives: tupl
 # Host
 
 
+def pack_copies(module: str) -> list[Any]:
+    """The pack's own copies of a dng_core module (e.g. "dng_core.path"): ComfyUI imports the pack under its folder
+    name, so what the nodes call lives in "<pack>.dng_core.path", not in the top-level module a benchmark imports.
+    For benchmarks that patch what the nodes call; a RuntimeError when the pack is not loaded yet."""
+    copies = [m for name, m in list(sys.modules.items()) if name.endswith("." + module) and m is not None]
+    if not copies:
+        raise RuntimeError(f"the pack's copy of {module} was not found (load the pack first: Bench())")
+    return copies
+
+
 @dataclass
 class RunOutput:
     samples: torch.Tensor           # [N, 1, 8, 8], the KSampler's LATENT (the image, in [-1, 1] roughly)

@@ -30,20 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, environment, log, mean_se  # noqa: E402
+from benchmarks.common import RESULTS, environment, log, mean_se, pack_copies  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 OUT_JSON = RESULTS / "probe_streams.json"
 
 
-def set_probe_seed(seed: int) -> list[str]:
-    """Make ``probe_direction`` draw from stream ``seed`` in every loaded copy of dng_core.path; their names."""
-    hit = []
-    for name, module in list(sys.modules.items()):
-        if name.endswith("dng_core.path") and hasattr(module, "probe_direction"):
-            module.probe_direction.__defaults__ = (seed,)
-            hit.append(name)
-    return hit
+def set_probe_seed(seed: int) -> None:
+    """Make the nodes' ``probe_direction`` draw from stream ``seed`` (its default seed, in the pack's copy)."""
+    for module in pack_copies("dng_core.path"):
+        module.probe_direction.__defaults__ = (seed,)
 
 
 def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0: float) -> list[dict[str, Any]]:
@@ -53,10 +49,8 @@ def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0:
 
     rows = []
     for probe_seed in probe_seeds:
-        copies = set_probe_seed(probe_seed)
+        set_probe_seed(probe_seed)
         runner.bench.runner.reset()  # the prompt is the same for every stream: without this the executor's cache answers
-        if not any(name != "dng_core.path" for name in copies):
-            raise RuntimeError(f"the pack's copy of dng_core.path was not found (patched: {copies})")
         for case in cases:
             pt = Point(model, sampler, int(steps), seed, case, "dng", lambda0)
             row = {**runner.run(pt), "probe_seed": probe_seed, "default_stream": probe_seed == PROBE_SEED}

@@ -31,29 +31,23 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, Bench, digit_prompt, environment  # noqa: E402
+from benchmarks.common import RESULTS, Bench, digit_prompt, environment, pack_copies  # noqa: E402
 from benchmarks.defaults_grid import UNRELATED  # noqa: E402
 from devtools.dng_defaults import dng_node_defaults  # noqa: E402
 
 
-def record_probes(records: list) -> list[str]:
-    """Wrap the pack's divergence_difference so that each call appends (sigma, estimate [B], noise sd [B])."""
-    hit = []
-    for name, module in list(sys.modules.items()):
-        if name.endswith("dng_core.run") and name != "dng_core.run" and hasattr(module, "divergence_difference"):
-            original = module.divergence_difference
+def record_probes(records: list) -> None:
+    """Wrap the nodes' divergence_difference so that each call appends (sigma, estimate [B], noise sd [B])."""
+    for module in pack_copies("dng_core.run"):
+        original = module.divergence_difference
 
-            def wrapped(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest, _original=original):
-                out = _original(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest)
-                g = ((d_c_probe.double() - d_c.double()) - (d_u_probe.double() - d_u.double())).flatten(1)
-                records.append((float(sigma), out.double().cpu(), (2.0 * (g * g).sum(1) / h ** 2).sqrt().cpu()))
-                return out
+        def wrapped(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest, _original=original):
+            out = _original(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest)
+            g = ((d_c_probe.double() - d_c.double()) - (d_u_probe.double() - d_u.double())).flatten(1)
+            records.append((float(sigma), out.double().cpu(), (2.0 * (g * g).sum(1) / h ** 2).sqrt().cpu()))
+            return out
 
-            module.divergence_difference = wrapped
-            hit.append(name)
-    if not hit:
-        raise RuntimeError("the pack's dng_core.run was not found")
-    return hit
+        module.divergence_difference = wrapped
 
 
 def profile(bench: Bench, records: list, model: str, seed: int, batch: int) -> list[dict[str, Any]]:

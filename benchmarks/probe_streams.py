@@ -42,9 +42,19 @@ def set_probe_seed(seed: int) -> None:
         module.probe_direction.__defaults__ = (seed,)
 
 
-def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0: float) -> list[dict[str, Any]]:
+def set_debias_probe(on: bool) -> None:
+    """Make the nodes' posterior take the probe's noise bound off the evidence (``PosteriorConfig.debias_probe``,
+    not a node input: the default of that field is patched in the pack's copy)."""
+    for module in pack_copies("dng_core.posterior"):
+        init = module.PosteriorConfig.__init__
+        init.__defaults__ = init.__defaults__[:-1] + (on,)  # debias_probe is the last field
+
+
+def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0: float,
+        debias_probe: bool = False) -> list[dict[str, Any]]:
     model, sampler, steps = cell.split("/")
     runner = _Runner(OUT, {})
+    set_debias_probe(debias_probe)
     from dng_core.path import PROBE_SEED
 
     rows = []
@@ -53,8 +63,9 @@ def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0:
         runner.bench.runner.reset()  # the prompt is the same for every stream: without this the executor's cache answers
         for case in cases:
             pt = Point(model, sampler, int(steps), seed, case, "dng", lambda0)
-            row = {**runner.run(pt), "probe_seed": probe_seed, "default_stream": probe_seed == PROBE_SEED}
-            log(f"{pt.key} probe seed {probe_seed}: "
+            row = {**runner.run(pt), "probe_seed": probe_seed, "default_stream": probe_seed == PROBE_SEED,
+                   "debias_probe": debias_probe}
+            log(f"{pt.key} probe seed {probe_seed}{' debiased' if debias_probe else ''}: "
                 + (f"change {row['mean_abs_change']:.4f}" if case == "unrelated" else
                    f"forbidden {row['forbidden_pct']:.1f} %") + f" ({row['seconds']:.0f} s)")
             rows.append(row)
@@ -71,10 +82,11 @@ def write(rows: list[dict[str, Any]]) -> None:
              "(the same runner and patch, run from a scratch file in session 13).", ""]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["sampler"], r["steps"], r["seed"], r["case"], r["strength"]), []).append(r)
-    lines += ["| cell | seed | case | lambda0 | per stream (default stream first) | mean +- se over streams |",
-              "|---|---|---|---:|---|---|"]
-    for (model, sampler, steps, seed, case, lam), rs in sorted(groups.items()):
+        groups.setdefault((r["model"], r["sampler"], r["steps"], r["seed"], r["case"], r["strength"],
+                           r.get("debias_probe", False)), []).append(r)
+    lines += ["| cell | seed | case | lambda0 | debias_probe | per stream (default stream first) | mean +- se over streams |",
+              "|---|---|---|---:|---|---|---|"]
+    for (model, sampler, steps, seed, case, lam, debias), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: (not r["default_stream"], r["probe_seed"]))
         metric = "mean_abs_change" if case == "unrelated" else "forbidden_pct"
         vals = [r[metric] for r in rs]
@@ -82,7 +94,7 @@ def write(rows: list[dict[str, Any]]) -> None:
         fmt = "{:.4f}" if case == "unrelated" else "{:.2f} %"
         per = ", ".join(f"{fmt.format(v)} ({r['probe_seed']}{', default' if r['default_stream'] else ''})"
                         for v, r in zip(vals, rs))
-        lines.append(f"| {model} {sampler} {steps} | {seed} | {case} | {lam:g} | {per} | "
+        lines.append(f"| {model} {sampler} {steps} | {seed} | {case} | {lam:g} | {'on' if debias else 'off'} | {per} | "
                      f"{fmt.format(m)} +- {fmt.format(se) if not math.isnan(se) else '-'} |")
     (RESULTS / "probe_streams.md").write_text("\n".join(lines) + "\n")
 
@@ -94,13 +106,15 @@ def main() -> None:
     ap.add_argument("--case", nargs="+", default=["unrelated"], choices=["removal", "unrelated"])
     ap.add_argument("--probe-seeds", type=int, nargs="+", required=True)
     ap.add_argument("--lambda0", type=float, default=None, help="default: the node default")
+    ap.add_argument("--debias-probe", action="store_true", help="PosteriorConfig.debias_probe on (not a node input)")
     args = ap.parse_args()
     from dng_core import DNGConfig
 
     lambda0 = DNGConfig().lambda0 if args.lambda0 is None else args.lambda0
     old = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else []
-    new = run(args.cell, args.seed, args.case, args.probe_seeds, lambda0)
-    key = lambda r: (r["model"], r["sampler"], r["steps"], r["seed"], r["case"], r["strength"], r["probe_seed"])  # noqa: E731
+    new = run(args.cell, args.seed, args.case, args.probe_seeds, lambda0, args.debias_probe)
+    key = lambda r: (r["model"], r["sampler"], r["steps"], r["seed"], r["case"], r["strength"],  # noqa: E731
+                     r.get("debias_probe", False), r["probe_seed"])
     merged = {key(r): r for r in old + new}
     write(sorted(merged.values(), key=key))
     print(json.dumps({"environment": environment(), "rows": len(merged)}))

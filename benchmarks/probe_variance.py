@@ -4,7 +4,8 @@ The path estimator's divergence term is one Hutchinson sample per image and step
 g = (D_c(x + h eps) - D_c(x)) - (D_u(x + h eps) - D_u(x)) ~ h A eps, A = J_c - J_u. For a Rademacher eps its
 variance is 2 (||A_sym||_F^2 - sum_i A_ii^2) <= 2 ||A||_F^2, and |g|^2 / h^2 is an unbiased estimate of
 ||A||_F^2 (E[eps^T A^T A eps] = tr A^T A): the probe carries its own noise scale, sd <= sqrt(2 |g|^2 / h^2),
-at no extra cost. The trapezoid gives the term 0.5 (div_i / sigma_i + div_i+1 / sigma_i+1) (sigma_i+1 - sigma_i),
+at no extra cost (``dng_core.path.divergence_noise_bound``; the nodes use it with ``debias_probe``). The
+trapezoid gives the term 0.5 (div_i / sigma_i + div_i+1 / sigma_i+1) (sigma_i+1 - sigma_i),
 so one end's share of a step's log-odds noise is 0.5 |d sigma| / sigma x sd; the table accumulates both ends'
 shares over the run (an upper-bound estimate, before the temperature).
 
@@ -39,12 +40,12 @@ from devtools.dng_defaults import dng_node_defaults  # noqa: E402
 def record_probes(records: list) -> None:
     """Wrap the nodes' divergence_difference so that each call appends (sigma, estimate [B], noise sd [B])."""
     for module in pack_copies("dng_core.run"):
-        original = module.divergence_difference
+        original, bound = module.divergence_difference, module.divergence_noise_bound
 
-        def wrapped(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest, _original=original):
+        def wrapped(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest, _original=original, _bound=bound):
             out = _original(eps, h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest)
-            g = ((d_c_probe.double() - d_c.double()) - (d_u_probe.double() - d_u.double())).flatten(1)
-            records.append((float(sigma), out.double().cpu(), (2.0 * (g * g).sum(1) / h ** 2).sqrt().cpu()))
+            var = _bound(h, d_c, d_u, d_c_probe, d_u_probe, sigma, *rest)
+            records.append((float(sigma), out.double().cpu(), var.double().sqrt().cpu()))
             return out
 
         module.divergence_difference = wrapped

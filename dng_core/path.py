@@ -33,7 +33,7 @@ import torch
 from .parametrisation import Parametrisation
 
 __all__ = ["PathPoint", "PROBE_STEP", "PROBE_SEED", "probe_direction", "probe_offset", "divergence_difference",
-           "path_log_odds_change", "euler_coefficients"]
+           "divergence_noise_bound", "path_log_odds_change", "path_noise_variance", "euler_coefficients"]
 
 #: Finite-difference step of the divergence probe, relative to the noise level (h = PROBE_STEP * sigma_ve in
 #: the variance-exploding state): small next to sigma, where the denoiser is smooth, large next to float32's
@@ -84,11 +84,32 @@ def divergence_difference(eps: torch.Tensor, h: float, d_c: torch.Tensor, d_u: t
 
     eps: the probe direction; h: the step taken in the sampler's state (x_probe = x + h eps); d_*_probe: the
     predictions at x_probe. E[eps eps^T] = I makes eps . J eps an unbiased sample of the trace of J."""
-    dtype = torch.float64 if d_c.device.type != "mps" else torch.float32
-    delta = (d_c_probe.to(dtype) - d_c.to(dtype)) - (d_u_probe.to(dtype) - d_u.to(dtype))
+    delta = _probe_change(d_c, d_u, d_c_probe, d_u_probe)
     alpha, _ = _ve(sigma, parametrisation)
     dims = tuple(range(1, delta.dim()))
     return (eps.to(delta) * delta).sum(dim=dims) * (alpha / h)
+
+
+def divergence_noise_bound(h: float, d_c: torch.Tensor, d_u: torch.Tensor, d_c_probe: torch.Tensor,
+                           d_u_probe: torch.Tensor, sigma: float,
+                           parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING) -> torch.Tensor:
+    """An estimate of an upper bound on the variance of ``divergence_difference``'s sample, shape [B] (float64).
+
+    The probe's change g = (D_c(x + h eps) - D_c(x)) - (D_u(x + h eps) - D_u(x)) is h A eps (A = J_c - J_u, to
+    first order in h). For a Rademacher eps the Hutchinson sample eps . A eps has variance
+    sum_{i != j} (A_ij^2 + A_ij A_ji) <= 2 ||A||_F^2 (Cauchy-Schwarz on the cross terms), and
+    E |A eps|^2 = tr(A^T A) = ||A||_F^2, so 2 |g|^2 / h^2 estimates the bound without bias, from the two
+    predictions the probe made anyway. In the VE state A scales by alpha, the bound by alpha^2."""
+    delta = _probe_change(d_c, d_u, d_c_probe, d_u_probe)
+    alpha, _ = _ve(sigma, parametrisation)
+    dims = tuple(range(1, delta.dim()))
+    return 2.0 * (delta * delta).sum(dim=dims) * (alpha / h) ** 2
+
+
+def _probe_change(d_c: torch.Tensor, d_u: torch.Tensor, d_c_probe: torch.Tensor,
+                  d_u_probe: torch.Tensor) -> torch.Tensor:
+    dtype = torch.float64 if d_c.device.type != "mps" else torch.float32
+    return (d_c_probe.to(dtype) - d_c.to(dtype)) - (d_u_probe.to(dtype) - d_u.to(dtype))
 
 
 @dataclass(frozen=True)
@@ -96,13 +117,15 @@ class PathPoint:
     """What the path estimator needs at one point of the path: the first model call of a step.
 
     x: the sampler state [B, ...]; sigma: its noise level; d_c, d_u: the concept's and the unconditional
-    predictions at x (unguided); div_diff: div D_c - div D_u in the VE state, [B]."""
+    predictions at x (unguided); div_diff: div D_c - div D_u in the VE state, [B]; div_var: a bound on the
+    variance of div_diff's one-probe sample (``divergence_noise_bound``), [B], or None where it is not known."""
 
     x: torch.Tensor
     sigma: float
     d_c: torch.Tensor
     d_u: torch.Tensor
     div_diff: torch.Tensor
+    div_var: torch.Tensor | None = None
 
     def terms(self, parametrisation: Parametrisation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """(x_ve, gradient (D_c - D_u) / sigma^2, d l / d sigma at fixed x, sigma_ve), flattened to [B, n]."""
@@ -131,6 +154,25 @@ def path_log_odds_change(start: PathPoint, end: PathPoint,
     x1, g1, h1, s1 = end.terms(parametrisation)
     change = 0.5 * ((g0 + g1) * (x1 - x0)).sum(1) + 0.5 * (h0 + h1) * (s1 - s0)
     return torch.nan_to_num(change, nan=0.0)
+
+
+def path_noise_variance(start: PathPoint, end: PathPoint,
+                        parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING) -> torch.Tensor:
+    """This step's share of a bound on the variance that the probes add to the summed log-odds change, [B].
+
+    The probe at point k enters two steps' changes, with coefficients a_k = 0.5 (s_k - s_k-1) / s_k (as the end
+    of one) and b_k = 0.5 (s_k+1 - s_k) / s_k (as the start of the next); the probes are independent, so the
+    run's sum has variance sum_k (a_k + b_k)^2 v_k <= sum_k 2 (a_k^2 + b_k^2) v_k. Giving each step the two
+    terms of its own ends, 0.5 (s1 - s0)^2 (v0 / s0^2 + v1 / s1^2), makes the steps' shares add up to that bound
+    at any step count. 0 where an end has no noise level or no ``div_var``."""
+    dtype = torch.float64 if start.x.device.type != "mps" else torch.float32
+    zeros = torch.zeros(start.x.shape[0], dtype=dtype, device=start.x.device)
+    _, s0 = _ve(start.sigma, parametrisation)
+    _, s1 = _ve(end.sigma, parametrisation)
+    if start.div_var is None or end.div_var is None or not (0.0 < s0 < math.inf and 0.0 < s1 < math.inf):
+        return zeros
+    v0, v1 = start.div_var.to(zeros), end.div_var.to(zeros)
+    return torch.nan_to_num(0.5 * (s1 - s0) ** 2 * (v0 / s0 ** 2 + v1 / s1 ** 2), nan=0.0)
 
 
 

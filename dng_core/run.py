@@ -33,7 +33,8 @@ import torch
 from .baselines import SLDConfig, SLDState, sld_denoised
 from .guidance import check_scale_args, combine_guidance
 from .parametrisation import Parametrisation, reverse_kernel
-from .path import PathPoint, divergence_difference, euler_coefficients, probe_direction, probe_offset
+from .path import (PathPoint, divergence_difference, divergence_noise_bound, euler_coefficients, probe_direction,
+                   probe_offset)
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
@@ -341,6 +342,7 @@ class _StepInputs:
     d_u: torch.Tensor
     d_negs: list[torch.Tensor | None]  # None: the concept was not predicted (pruned)
     div_diffs: list[torch.Tensor | None] | None = None  # the path estimator's, per concept
+    div_vars: list[torch.Tensor | None] | None = None  # bounds on their variance, per concept
     scale: torch.Tensor | None = None  # [K, B], the scales this step applied (0 for a concept not predicted)
     # the uncorrected evidence's path estimator: where the state would be without DNG's pushes so far, minus x,
     # per concept ([K, B, ...]: the one-sided evidence takes out a different shift per concept)
@@ -353,7 +355,8 @@ class _StepInputs:
         if self.div_diffs is None or self.d_negs[k] is None or self.div_diffs[k] is None:
             return None
         x = self.x if self.offset is None else self.x + self.offset[k]
-        return PathPoint(x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k])
+        div_var = None if self.div_vars is None else self.div_vars[k]
+        return PathPoint(x, self.sigma, self.d_negs[k], self.d_u, self.div_diffs[k], div_var)
 
 
 @dataclass(frozen=True)
@@ -517,9 +520,10 @@ class DNGRun(GuidedRun):
                                 torch.tensor([float(sigma)], dtype=torch.float64), self.parametrisation)
         return kernel.coef_d.to(device=x.device, dtype=x.dtype).reshape((1,) * x.dim())
 
-    def _divergences(self, step: int, x: torch.Tensor, sigma: float, d_u: torch.Tensor,
-                     d_negs: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """div D_neg_k - div D_u at x per concept (one Hutchinson probe), or None where sigma carries none."""
+    def _divergences(self, step: int, x: torch.Tensor, sigma: float, d_u: torch.Tensor, d_negs: Sequence[torch.Tensor]
+                     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]] | None:
+        """div D_neg_k - div D_u at x per concept (one Hutchinson probe) and a bound on each sample's variance, or
+        None where sigma carries none."""
         h = probe_offset(sigma, self.parametrisation)
         if not (h > 0 and math.isfinite(h)):
             return None
@@ -531,9 +535,17 @@ class DNGRun(GuidedRun):
         self.probe_calls += 1
         if len(d_negs_probe) != len(d_negs):
             raise ValueError(f"the probe returned {len(d_negs_probe)} concept predictions, expected {len(d_negs)}")
-        return [None if d_negs[k] is None or d_negs_probe[k] is None else
-                divergence_difference(eps, h, d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma, self.parametrisation)
-                for k in range(len(d_negs))]
+        divs: list[torch.Tensor | None] = []
+        noise: list[torch.Tensor | None] = []
+        for k in range(len(d_negs)):
+            if d_negs[k] is None or d_negs_probe[k] is None:
+                divs.append(None)
+                noise.append(None)
+                continue
+            args = (d_negs[k], d_u, d_negs_probe[k], d_u_probe, sigma, self.parametrisation)
+            divs.append(divergence_difference(eps, h, *args))
+            noise.append(divergence_noise_bound(h, *args) if self.config.posterior.debias_probe else None)
+        return divs, noise
 
     def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
         """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push)."""
@@ -544,9 +556,10 @@ class DNGRun(GuidedRun):
         return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
-        divs = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None
+        probed = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None
         inputs = _StepInputs(x.detach().clone(), sigma, d_u.detach().clone(),
-                             [None if d is None else d.detach().clone() for d in d_negs], divs)
+                             [None if d is None else d.detach().clone() for d in d_negs],
+                             None if probed is None else probed[0], None if probed is None else probed[1])
         if self._confirmed_inputs is None and self._carried_offset is not None:  # a continued pass's first step
             inputs.offset = self._carried_offset.to(x)
         log_p, observed = self._log_p_at(x, sigma, inputs)

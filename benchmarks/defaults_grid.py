@@ -384,6 +384,12 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
                 for (m, s, n, seed), rs in sorted(cells.items())]
     at_default = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, default)}
                   for (m, s, n, seed), rs in sorted(cells.items())]
+    # cells whose default setting was measured at several lambda0: every one of them (the trade-off a cell offers)
+    lambda_rows = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, lam)}
+                   for (m, s, n, seed), rs in sorted(cells.items())
+                   for lam in sorted({r["strength"] for r in rs if r["method"] == "dng" and r["case"] == "removal"})
+                   if len({r["strength"] for r in rs if r["method"] == "dng" and r["case"] == "removal"}) > 1]
+    lambda_rows.sort(key=lambda v: (v["model"], v["sampler"], v["steps"], v["lambda0"], v["seed"]))
     results.mkdir(parents=True, exist_ok=True)
     (results / "defaults_grid.json").write_text(json.dumps(rows, indent=1) + "\n")
     others = {}  # the other settings measured (e.g. an earlier default), each at its own weakest safe lambda0
@@ -408,7 +414,7 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     (results / "defaults_grid_verdicts.json").write_text(json.dumps(
         {"default_lambda0": default, "at_default": at_default, "weakest_safe": verdicts,
          "other_settings_weakest_safe": others}, indent=1) + "\n")
-    write_markdown(results / "defaults_grid.md", verdicts, rows, at_default, default, others)
+    write_markdown(results / "defaults_grid.md", verdicts, rows, at_default, default, others, lambda_rows)
     plot_grid(results / "defaults_grid.png", [r for r in rows if r["method"] != "dng" or r["uses_defaults"]],
               default)
     return {"rows": len(rows), "cells": len(verdicts)}
@@ -485,7 +491,8 @@ def _point_key(row: dict) -> str:
 
 
 def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], at_default: Sequence[dict],
-                   default: float, others: dict[str, dict[str, Any]] | None = None) -> None:
+                   default: float, others: dict[str, dict[str, Any]] | None = None,
+                   lambda_rows: Sequence[dict] = ()) -> None:
     hosts = sorted({r["host"] for r in rows})
     lines = ["# Defaults grid: one DNG setting on every cell", "",
              f"Host: ComfyUI {', '.join(hosts) or '-'}. Rows: {len(rows)} points "
@@ -505,6 +512,10 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
     single = [f"{m}/{s}/{n}" for (m, s, n), ss in sorted(seeds.items()) if len(ss) < 2]
     if single:
         lines += ["", "Cells with one seed only (verdicts need a second): " + ", ".join(single) + "."]
+    if lambda_rows:
+        lines += ["", "## The default setting at every lambda0 measured (cells with more than one)", "",
+                  "Each target at that lambda0, whether or not it is safe there (the trade-off the cell offers).", ""]
+        lines += _verdict_table(lambda_rows)
     for name, other in (others or {}).items():
         lines += ["", f"## Another setting: {name} (the rest at today's defaults), at each cell's weakest safe "
                   "lambda0", ""]

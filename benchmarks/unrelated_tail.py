@@ -6,8 +6,9 @@ three terms of the path identity (dng_core/path.py): the gradient term (D_c - D_
 without the divergence ((|D_c - x|^2 - |D_u - x|^2) / sigma^3 dsigma) and the divergence term, and the log
 posterior after the step (after the temperature, the offset and the rate bound). Prints and writes
 benchmarks/results/unrelated_tail_<cell>_seed<S>.md: the share of the change carried by the top 5 % of the
-images, the per-step means of the terms for the top 5 % and the rest, the top images' totals and the last steps
-of the top three.
+images, the per-step means of the terms for the top 5 % and the rest, the top images' totals, and the last steps
+of the top three and the median image with the sigma term also read at the pushed state (the one-sided evidence
+reads x + offset, the state without DNG's pushes, with predictions made at the pushed x).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/unrelated_tail.py --seed 1     # ~4 min
 """
@@ -30,7 +31,29 @@ from benchmarks.common import RESULTS, environment, pack_copies  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
+def _sigma_term(point, x: torch.Tensor) -> torch.Tensor:
+    """(|D_c - x|^2 - |D_u - x|^2) / sigma^3 of a path point, with the state read at ``x`` (VE models)."""
+    xx = x.double().flatten(1)
+    a, b = point.d_c.double().flatten(1) - xx, point.d_u.double().flatten(1) - xx
+    return ((a * a).sum(1) - (b * b).sum(1)) / point.sigma ** 3
+
+
 def record_path_terms(records: list) -> None:
+    """Wrap the pack's path-point builder (to know the pushed state x behind each point, whose x is x + offset
+    with the one-sided evidence) and its propose_path (to record the terms)."""
+    pushed: dict[int, tuple] = {}
+    for module in pack_copies("dng_core.run"):
+        cls = module._StepInputs
+        original_point = getattr(cls, "_unwrapped_path_point", cls.path_point)
+        cls._unwrapped_path_point = original_point
+
+        def path_point(self, k, _original=original_point):
+            out = _original(self, k)
+            if out is not None:
+                pushed[id(out)] = (self.x, None if self.offset is None else self.offset[k])
+            return out
+
+        cls.path_point = path_point
     for module in pack_copies("dng_core.posterior"):
         cls = module.PosteriorTracker
         original = getattr(cls, "_unwrapped_propose_path", cls.propose_path)
@@ -43,7 +66,11 @@ def record_path_terms(records: list) -> None:
             grad = 0.5 * ((g0 + g1) * (x1 - x0)).sum(1)
             div = 0.5 * (start.div_diff.double() / s0 + end.div_diff.double() / s1) * (s1 - s0)
             sig = 0.5 * (h0 + h1) * (s1 - s0) - div
-            records.append((start.sigma, end.sigma, grad.cpu(), sig.cpu(), div.cpu(), new.detach().cpu().clone()))
+            (xa, _), (xb, off) = pushed.get(id(start), (start.x, None)), pushed.get(id(end), (end.x, None))
+            at_pushed = 0.5 * (_sigma_term(start, xa) + _sigma_term(end, xb)) * (end.sigma - start.sigma)
+            off_norm = torch.zeros_like(new) if off is None else off.double().flatten(1).norm(dim=1)
+            records.append((start.sigma, end.sigma, grad.cpu(), sig.cpu(), div.cpu(), new.detach().cpu().clone(),
+                            at_pushed.cpu(), off_norm.cpu()))
             return new
 
         cls.propose_path = wrapped
@@ -81,11 +108,16 @@ def analyse(cell: str, seed: int, lambda0: float) -> list[str]:
     for j in top[:10].tolist():
         lines.append(f"| {j} | {float(change[j]):.4f} | {float(LP[:, j].max()):.2f} | {float(LP[-1, j]):.2f} | "
                      f"{float(G[:, j].sum()):.1f} / {float(S[:, j].sum()):.1f} / {float(D[:, j].sum()):.1f} |")
-    lines += ["", "The last six steps of the top three images (sigma after the step: log p, grad / sigma / div term):", ""]
-    for j in top[:3].tolist():
-        lines.append(f"- image {j}: " + "; ".join(
-            f"{records[i][1]:.3f}: {float(LP[i, j]):.2f}, {float(G[i, j]):.1f} / {float(S[i, j]):.1f} / "
-            f"{float(D[i, j]):.1f}" for i in range(max(0, len(records) - 6), len(records))))
+    lines += ["", "The last eight steps of the top three images and of the median one. The one-sided evidence reads the",
+              "state without DNG's pushes, x + offset, with the predictions made at the pushed x; the sigma term read at",
+              "the pushed x instead, and |offset|, show whether the two agree.", "",
+              "| image | sigma after the step | log p | grad / sigma / div term | sigma term at the pushed x | |offset| |",
+              "|---:|---:|---:|---|---:|---:|"]
+    P, O = torch.stack([r[6] for r in records]), torch.stack([r[7] for r in records])
+    for j in top[:3].tolist() + [int(order[n // 2])]:
+        for i in range(max(0, len(records) - 8), len(records)):
+            lines.append(f"| {j} | {records[i][1]:.3f} | {float(LP[i, j]):.2f} | {float(G[i, j]):.1f} / "
+                         f"{float(S[i, j]):.1f} / {float(D[i, j]):.1f} | {float(P[i, j]):.1f} | {float(O[i, j]):.2f} |")
     return lines
 
 

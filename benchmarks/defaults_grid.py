@@ -385,10 +385,12 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     at_default = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, default)}
                   for (m, s, n, seed), rs in sorted(cells.items())]
     # cells whose default setting was measured at several lambda0: every one of them (the trade-off a cell offers)
-    lambda_rows = [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, lam)}
-                   for (m, s, n, seed), rs in sorted(cells.items())
-                   for lam in sorted({r["strength"] for r in rs if r["method"] == "dng" and r["case"] == "removal"})
-                   if len({r["strength"] for r in rs if r["method"] == "dng" and r["case"] == "removal"}) > 1]
+    lambda_rows = []
+    for (m, s, n, seed), rs in sorted(cells.items()):
+        lambdas = sorted({r["strength"] for r in rs if r["method"] == "dng" and r["case"] == "removal"})
+        if len(lambdas) > 1:
+            lambda_rows += [{"model": m, "sampler": s, "steps": n, "seed": seed, **cell_verdict(rs, lam)}
+                            for lam in lambdas]
     lambda_rows.sort(key=lambda v: (v["model"], v["sampler"], v["steps"], v["lambda0"], v["seed"]))
     results.mkdir(parents=True, exist_ok=True)
     (results / "defaults_grid.json").write_text(json.dumps(rows, indent=1) + "\n")

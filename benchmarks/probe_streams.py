@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,16 @@ def set_probe_seed(seed: int) -> None:
 
 def set_debias_probe(on: bool) -> None:
     """Make the nodes' posterior take the probe's noise bound off the evidence (``PosteriorConfig.debias_probe``,
-    not a node input: the default of that field is patched in the pack's copy)."""
+    not a node input: every tracker the pack's copy builds gets its config with the field set)."""
     for module in pack_copies("dng_core.posterior"):
-        init = module.PosteriorConfig.__init__
-        init.__defaults__ = init.__defaults__[:-1] + (on,)  # debias_probe is the last field
+        cls = module.PosteriorTracker
+        original = getattr(cls, "_unpatched_init", cls.__init__)
+        cls._unpatched_init = original
+
+        def init(self, config, *args, _original=original, **kwargs):
+            _original(self, replace(config, debias_probe=on), *args, **kwargs)
+
+        cls.__init__ = init
 
 
 def set_probes(count: int) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -31,11 +32,11 @@ from benchmarks.common import RESULTS, environment, pack_copies  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
-def _sigma_term(point, x: torch.Tensor) -> torch.Tensor:
-    """(|D_c - x|^2 - |D_u - x|^2) / sigma^3 of a path point, with the state read at ``x`` (VE models)."""
-    xx = x.double().flatten(1)
-    a, b = point.d_c.double().flatten(1) - xx, point.d_u.double().flatten(1) - xx
-    return ((a * a).sum(1) - (b * b).sum(1)) / point.sigma ** 3
+def _sigma_term(point, x: torch.Tensor, parametrisation) -> torch.Tensor:
+    """(|D_c - x|^2 - |D_u - x|^2) / sigma^3 of a path point with the state read at ``x``: the point's own
+    d l / d sigma (PathPoint.terms) without its divergence part."""
+    _, _, d_sigma, s = replace(point, x=x).terms(parametrisation)
+    return d_sigma - point.div_diff.to(d_sigma) / s
 
 
 def record_path_terms(records: list) -> None:
@@ -67,7 +68,8 @@ def record_path_terms(records: list) -> None:
             div = 0.5 * (start.div_diff.double() / s0 + end.div_diff.double() / s1) * (s1 - s0)
             sig = 0.5 * (h0 + h1) * (s1 - s0) - div
             (xa, _), (xb, off) = pushed.get(id(start), (start.x, None)), pushed.get(id(end), (end.x, None))
-            at_pushed = 0.5 * (_sigma_term(start, xa) + _sigma_term(end, xb)) * (end.sigma - start.sigma)
+            at_pushed = 0.5 * (_sigma_term(start, xa, self.parametrisation)
+                               + _sigma_term(end, xb, self.parametrisation)) * (s1 - s0)
             off_norm = torch.zeros_like(new) if off is None else off.double().flatten(1).norm(dim=1)
             records.append((start.sigma, end.sigma, grad.cpu(), sig.cpu(), div.cpu(), new.detach().cpu().clone(),
                             at_pushed.cpu(), off_norm.cpu()))

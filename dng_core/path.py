@@ -175,7 +175,6 @@ def path_noise_variance(start: PathPoint, end: PathPoint,
     return torch.nan_to_num(0.5 * (s1 - s0) ** 2 * (v0 / s0 ** 2 + v1 / s1 ** 2), nan=0.0)
 
 
-
 def euler_coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
     """(r, c) of an euler step x' = r x + c D from sigma to sigma_next in the sampler's state: r = sigma' / sigma,
     c = 1 - sigma' / sigma, in the variance-exploding state (x' = x + (sigma' - sigma) (x - D) / sigma) and in the

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks.common import RESULTS, interpolate_at  # noqa: E402
+from dng_core.posterior import PosteriorConfig  # noqa: E402
 
 OUT = RESULTS / "defaults_grid"
 CELLS: list[tuple[str, str, int]] = (
@@ -57,6 +58,9 @@ NP_SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.75]
 SLD_SCALES = [0.2, 0.35, 0.5, 0.75, 1.0, 1.5]
 UNRELATED = {"positive": "7", "negative": "0", "cfg": 2.5}
 METHODS = ("plain", "dng", "np", "sld")
+#: dng_core's bound on the one-sided evidence's offset (PosteriorConfig.offset_trust; not a node input): recorded in
+#: each DNG row's dng_params, so rows measured before it existed (no bound) keep their own key
+CORE_OFFSET_TRUST = PosteriorConfig().offset_trust
 MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
 MAX_QUALITY_RATIO, MAX_CHANGE_RATIO = 0.5, 0.10
 
@@ -103,11 +107,18 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     """The part of a DNG row's key that names its inputs (lambda0 aside) that differ from the node defaults:
     "" at the defaults, e.g. "/evidence=sampled" otherwise. Inputs a row predates count as their value then
     (``evidence`` was ``sampled`` before it existed; ``deterministic_push`` was ``raw`` on deterministic samplers,
-    and does nothing on the others)."""
-    defaults = node_defaults()
-    then = {**defaults, "evidence": "sampled", **{k: v for k, v in params.items() if k != "lambda0"}}
+    and does nothing on the others; ``offset_trust``, dng_core's PosteriorConfig.offset_trust, not a node input,
+    was 0, no bound, before session 15; it acts on the path estimator with non-sampled evidence only, the
+    deterministic samplers' at the defaults, so elsewhere it is not named)."""
+    defaults = default_settings()
+    then = {**defaults, "evidence": "sampled", "offset_trust": 0.0,
+            **{k: v for k, v in params.items() if k != "lambda0"}}
     if "deterministic_push" not in params and sampler is not None and is_deterministic(sampler):
         then["deterministic_push"] = "raw"
+    reads_offset = then.get("evidence") != "sampled" and (
+        sampler is None or is_deterministic(sampler) or then.get("posterior_variance") == "path")
+    if not reads_offset:  # the bound acts on the path estimator's offset only: nothing to tell apart elsewhere
+        then["offset_trust"] = defaults["offset_trust"]
     return "".join(f"/{k}={then[k]}" for k in sorted(defaults) if then[k] != defaults[k])
 
 
@@ -138,6 +149,11 @@ def node_defaults() -> dict[str, Any]:
     return {k: v for k, v in dng_node_defaults().items() if k != "lambda0"}
 
 
+def default_settings() -> dict[str, Any]:
+    """What a DNG row's key is named against: the node defaults (lambda0 aside) and dng_core's offset bound."""
+    return {**node_defaults(), "offset_trust": CORE_OFFSET_TRUST}
+
+
 def wilson_upper(k: int, n: int, z: float = 1.96) -> float:
     """Upper end of the Wilson score interval (95 % two-sided) for k successes in n, in %."""
     if n <= 0:
@@ -164,7 +180,9 @@ class _Runner:
         self.scorers: dict[str, Any] = {}
         self.cache = out / "cache"
         self.dng = {**node_defaults(), **dng_overrides}
-        self.uses_defaults = setting_suffix(self.dng) == ""
+        # what a row's key names: the node inputs and dng_core's offset bound
+        self.settings = {**default_settings(), **dng_overrides}
+        self.uses_defaults = setting_suffix(self.settings) == ""
 
     def scorer(self, model: str):
         from benchmarks.common import Scorer
@@ -220,7 +238,7 @@ class _Runner:
             "fd_clf": score["fd_clf"], "mean_abs_change": None, "host": environment()["comfyui"],
             "seconds": round(out.seconds, 2)}
         if pt.method == "dng":
-            row["dng_params"] = {"lambda0": pt.strength, **self.dng}
+            row["dng_params"] = {"lambda0": pt.strength, **self.settings}
         if pt.case == "unrelated":
             # the class histogram of a run steered towards 7 says nothing about removal quality
             row.update(kl=None, kl_se=None, fd_clf=None)
@@ -252,7 +270,7 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
               sld_scales: Sequence[float] = SLD_SCALES) -> int:
     from benchmarks.common import log
 
-    dng = {**node_defaults(), **dng_overrides}
+    dng = {**default_settings(), **dng_overrides}
     todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales), spec)
             if row_key(p, dng, n_removal if p.case == "removal" else n_unrelated) not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
@@ -264,7 +282,7 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
     t0 = time.perf_counter()
     for i, pt in enumerate(todo, 1):
         row = runner.run(pt)
-        row["key"] = row_key(pt, runner.dng, runner.n[pt.case])
+        row["key"] = row_key(pt, runner.settings, runner.n[pt.case])
         with part.open("a") as f:
             f.write(json.dumps(row) + "\n")
         scores = (f"change {row['mean_abs_change']:.4f}" if pt.case == "unrelated" else

@@ -33,7 +33,8 @@ import torch
 from .parametrisation import Parametrisation
 
 __all__ = ["PathPoint", "PROBE_STEP", "PROBE_SEED", "probe_direction", "probe_offset", "divergence_difference",
-           "divergence_noise_bound", "path_log_odds_change", "path_noise_variance", "euler_coefficients"]
+           "divergence_noise_bound", "path_log_odds_change", "path_noise_variance", "euler_coefficients",
+           "offset_trust_radius", "clamp_offset"]
 
 #: Finite-difference step of the divergence probe, relative to the noise level (h = PROBE_STEP * sigma_ve in
 #: the variance-exploding state): small next to sigma, where the denoiser is smooth, large next to float32's
@@ -183,3 +184,34 @@ def euler_coefficients(sigma: float, sigma_next: float) -> tuple[float, float]:
         return 1.0, 0.0
     r = sigma_next / sigma
     return r, 1.0 - r
+
+
+def offset_trust_radius(sigma: float, parametrisation: Parametrisation, trust: float) -> float:
+    """How far from x the one-sided evidence may read the state without DNG's pushes: trust * sigma_ve in the
+    VE state (alpha trust sigma_ve in the sampler's), inf where ``trust`` is 0 (no bound).
+
+    The path estimator reads log p(c- | x~) at x~ = x + offset, the state without the pushes, with the
+    predictions made at the pushed x: the first-order reading l(x~) ~ l(x) + grad l(x) . offset. Tweedie's
+    formula gives grad_x D_k = Cov(x0 | x, k) / sigma^2, so the Hessian of l = log p(x | c-) - log p(x) is
+    (Cov(x0 | x, c-) - Cov(x0 | x)) / sigma^4, and the reading's error is half of offset . Hessian . offset.
+    Where the posterior over x0 is no wider than the noise, 0 <= Cov <= sigma^2 I (any Gaussian component at
+    any sigma: s^2 sigma^2 / (s^2 + sigma^2) <= sigma^2; a data manifold at low noise: sigma^2 times a
+    projection), the error is at most |offset|^2 / (2 sigma^2) nats: within trust^2 / 2 nats while |offset| <=
+    trust * sigma. Beyond it the linear reading grows without bound: on mnist16 (euler, 20 steps) pushes at
+    p_max carried an offset of norm 10-80 at sigma < 1 (the image's own norm is <= 16), read as up to 4752 nats
+    for the concept on one step, which held the image at p_max until the push destroyed it
+    (docs/step_invariance.md, Session 14)."""
+    alpha, sigma_ve = _ve(sigma, parametrisation)
+    if not trust > 0:
+        return math.inf
+    return trust * sigma_ve * alpha
+
+
+def clamp_offset(offset: torch.Tensor, radius: float) -> torch.Tensor:
+    """``offset`` ([K, B, ...]: per concept and image) with each row's norm scaled down to at most ``radius``
+    (its direction kept: the reading stays first-order along the push it discounts)."""
+    if not math.isfinite(radius):
+        return offset
+    norms = offset.flatten(2).to(torch.float64).norm(dim=2)  # [K, B]
+    factor = (radius / norms.clamp_min(1e-300)).clamp(max=1.0).to(offset.dtype)
+    return offset * factor.reshape(factor.shape + (1,) * (offset.dim() - 2))

@@ -207,6 +207,11 @@ class PosteriorConfig:
                  let 2.7 % of the forbidden digit through instead of 1.8 % (N 1000): the noise it corrects is
                  also on the images that do show the concept, so it acts as a smaller lambda0 more than as a
                  cure for the false alarms (docs/step_invariance.md, Session 14).
+    offset_trust: the ``path`` estimator with ``uncorrected``, ``unguided`` or ``one_sided`` evidence: the
+                 state without DNG's pushes is read at most trust * sigma from the pushed state (the offset is
+                 scaled back onto that ball each step), where reading it with the predictions made at the pushed
+                 state is good to trust^2 / 2 nats (path.offset_trust_radius has the derivation); 0 = no bound
+                 (before session 15). Not a node input.
     """
 
     prior: float = 3e-4
@@ -219,6 +224,7 @@ class PosteriorConfig:
     max_rate: float = MAX_RATE
     evidence: EvidencePath = EvidencePath.ONE_SIDED
     debias_probe: bool = False
+    offset_trust: float = 1.0
 
     def __post_init__(self) -> None:
         _check_probability("prior", self.prior)
@@ -236,6 +242,9 @@ class PosteriorConfig:
             raise ValueError(f"offset must be a finite number, got {self.offset!r}")
         if not (isinstance(self.max_rate, (int, float)) and math.isfinite(self.max_rate) and self.max_rate >= 0):
             raise ValueError(f"max_rate must be a finite number >= 0 (0: unbounded), got {self.max_rate!r}")
+        if not (isinstance(self.offset_trust, (int, float)) and math.isfinite(self.offset_trust)
+                and self.offset_trust >= 0):
+            raise ValueError(f"offset_trust must be a finite number >= 0 (0: no bound), got {self.offset_trust!r}")
         if not isinstance(self.debias_probe, bool):
             raise ValueError(f"debias_probe must be true or false, got {self.debias_probe!r}")
         object.__setattr__(self, "variance", PosteriorVariance(self.variance))

@@ -33,8 +33,8 @@ import torch
 from .baselines import SLDConfig, SLDState, sld_denoised
 from .guidance import check_scale_args, combine_guidance
 from .parametrisation import Parametrisation, reverse_kernel
-from .path import (PathPoint, divergence_difference, divergence_noise_bound, euler_coefficients, probe_direction,
-                   probe_offset)
+from .path import (PathPoint, clamp_offset, divergence_difference, divergence_noise_bound, euler_coefficients,
+                   offset_trust_radius, probe_direction, probe_offset)
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
@@ -464,7 +464,7 @@ class DNGRun(GuidedRun):
             # the path estimator reads the state, which keeps every earlier push: follow the state without them,
             # x + offset, whose offset an euler step carries as r * offset + c * push (exact for first-order
             # steps with predictions that do not depend on x; the predictions stay those at x)
-            here.offset = _carry_offset(prev, sigma, push)
+            here.offset = self._carry_offset(prev, sigma, push)
         rows, observed = [], []
         for k, t in enumerate(self.trackers):
             new = None
@@ -513,6 +513,19 @@ class DNGRun(GuidedRun):
                 push = base - towards.reshape((-1,) + (1,) * (extra.dim() - 1)) * extra
             pushes.append(push)
         return torch.stack(pushes)
+
+    def _carry_offset(self, prev: _StepInputs, sigma: float, push: torch.Tensor | None) -> torch.Tensor | None:
+        """The path estimator's offset (the state without DNG's pushes, minus the state) after the euler step from
+        ``prev`` to ``sigma``: r * offset + c * push (path.euler_coefficients), scaled back to the trust radius at
+        sigma (path.offset_trust_radius), beyond which the predictions at the pushed state cannot read it."""
+        r, c = euler_coefficients(prev.sigma, sigma)
+        offset = r * prev.offset if prev.offset is not None else None
+        if push is not None:
+            offset = c * push if offset is None else offset + c * push
+        if offset is None:
+            return None
+        radius = offset_trust_radius(sigma, self.parametrisation, self.config.posterior.offset_trust)
+        return clamp_offset(offset, radius)
 
     def _kernel_coefficient(self, prev: _StepInputs, sigma: float, x: torch.Tensor) -> torch.Tensor:
         """The reverse kernel's coefficient of the prediction for the step prev.sigma -> sigma, [B, 1, ...]."""
@@ -596,7 +609,7 @@ class DNGRun(GuidedRun):
             push = self._own_push(prev)
             if self.needs_probe and (push is not None or prev.offset is not None) and sigma_final > 0:
                 # where the state would be without DNG's pushes, for a later pass that continues this one
-                self._end_offset = _carry_offset(prev, sigma_final, push)
+                self._end_offset = self._carry_offset(prev, sigma_final, push)
             log_p, _ = self._log_p_at(x_final.to(self._confirmed_inputs.x), sigma_final)
             for k, tracker in enumerate(self.trackers):
                 tracker.commit(log_p[k])
@@ -605,16 +618,6 @@ class DNGRun(GuidedRun):
     def final_posterior(self) -> torch.Tensor | None:
         """p after the run, [K, B] (after ``finish``)."""
         return torch.stack([t.p for t in self.trackers]) if self.trackers else None
-
-
-def _carry_offset(prev: _StepInputs, sigma: float, push: torch.Tensor | None) -> torch.Tensor | None:
-    """The path estimator's offset (the state without DNG's pushes, minus the state) after the euler step from
-    ``prev`` to ``sigma``: r * offset + c * push (path.euler_coefficients)."""
-    r, c = euler_coefficients(prev.sigma, sigma)
-    offset = r * prev.offset if prev.offset is not None else None
-    if push is not None:
-        offset = c * push if offset is None else offset + c * push
-    return offset
 
 
 def _combine(d_u, d_pos, d_negs, scale, cfg_scale):

@@ -54,11 +54,11 @@ def test_cell_verdict_on_a_known_case():
 
 
 def test_a_point_sampled_at_two_sizes_keeps_both_rows_and_the_larger_decides():
-    from benchmarks.defaults_grid import N_REMOVAL, Point, node_defaults, row_key
+    from benchmarks.defaults_grid import N_REMOVAL, Point, default_settings, row_key
 
     pt = Point("digits8", "euler_ancestral", 50, 1, "removal", "dng", 75.0)
-    assert row_key(pt, node_defaults(), N_REMOVAL) == pt.key
-    assert row_key(pt, node_defaults(), 2 * N_REMOVAL) == pt.key + "/n2000"
+    assert row_key(pt, default_settings(), N_REMOVAL) == pt.key
+    assert row_key(pt, default_settings(), 2 * N_REMOVAL) == pt.key + "/n2000"
     small = {**_row("removal", "dng", 75.0, forbidden=1.0, upper=1.83, kl=0.02, fd=2.0), "n": 1000}
     large = {**_row("removal", "dng", 75.0, forbidden=0.8, upper=1.25, kl=0.01, fd=1.0), "n": 2000}
     baselines = [_row("removal", "np", 0.5, forbidden=0.0, kl=0.1, fd=10.0),

@@ -145,6 +145,56 @@ def pack_copies(module: str) -> list[Any]:
     return copies
 
 
+#: An image whose RMS value exceeds this is out of the data range ([-1, 1]: RMS <= 1) by half: destroyed, not
+#: sampled (benchmarks/removal_tail.py found DNG destroying images that the classifier counted as removed)
+DESTROYED_RMS = 1.5
+
+
+def set_posterior_fields(**fields: Any) -> None:
+    """Make every DNGRun the pack's copy builds use these PosteriorConfig fields: the settings that are not node
+    inputs (``offset_trust``, ``debias_probe``); its trackers are built from the run's config, so they follow.
+    A later call replaces the earlier fields; no fields restores the pack's own behaviour."""
+    from dataclasses import replace
+
+    for module in pack_copies("dng_core.run"):
+        cls = module.DNGRun
+        original = getattr(cls, "_unpatched_init", cls.__init__)
+        cls._unpatched_init = original
+        if not fields:
+            cls.__init__ = original
+            continue
+
+        def init(self, config, *args, _original=original, **kwargs):
+            _original(self, replace(config, posterior=replace(config.posterior, **fields)), *args, **kwargs)
+
+        cls.__init__ = init
+
+
+def point_study_args(description: str, default_cell: str = "mnist16/euler/20", default_seed: int = 1
+                     ) -> tuple[str, int, float, float, str]:
+    """The command line of the one-point studies (unrelated_tail, removal_tail): ``--cell``, ``--seed``,
+    ``--lambda0`` (default: the node default) and ``--offset-trust`` (default: dng_core's; not a node input).
+    Returns (cell, seed, lambda0, offset_trust, the results file's tag: "" at the defaults, else e.g.
+    "_lambda150_trust0")."""
+    import argparse
+
+    from dng_core import DNGConfig, PosteriorConfig
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--cell", default=default_cell, metavar="MODEL/SAMPLER/STEPS")
+    ap.add_argument("--seed", type=int, default=default_seed)
+    ap.add_argument("--lambda0", type=float, default=None, help="default: the node default")
+    ap.add_argument("--offset-trust", type=float, default=None,
+                    help="PosteriorConfig.offset_trust (not a node input; default: dng_core's); 0: no bound")
+    args = ap.parse_args()
+    lambda0 = DNGConfig().lambda0 if args.lambda0 is None else args.lambda0
+    default_trust = PosteriorConfig().offset_trust
+    trust = default_trust if args.offset_trust is None else args.offset_trust
+    tag = "" if args.lambda0 is None else f"_lambda{lambda0:g}"
+    tag += "" if trust == default_trust else f"_trust{trust:g}"
+    return args.cell, args.seed, lambda0, trust, tag
+
+
 @dataclass
 class RunOutput:
     samples: torch.Tensor           # [N, 1, 8, 8], the KSampler's LATENT (the image, in [-1, 1] roughly)
@@ -279,8 +329,11 @@ class Scorer:
         rng = np.random.default_rng(seed)
         kls = [kl_uniform(class_histogram(pred[rng.integers(0, n, n)]), self.kept) for _ in range(bootstrap)]
         kid, _ = kernel_inception_distance(feats, self.ref_feats)
+        rms = samples.float().flatten(1).pow(2).mean(1).sqrt()
         return {
             "n": n,
+            # images out of the data range: the classifier still gives them a digit, so they pass for removed
+            "destroyed_pct": 100.0 * float((rms > DESTROYED_RMS).double().mean()),
             "forbidden_pct": 100.0 * forb,
             "forbidden_se_pct": 100.0 * math.sqrt(max(forb * (1 - forb), 1.0 / n) / n),
             "kl": kl,

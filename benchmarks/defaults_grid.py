@@ -10,6 +10,10 @@ Cells (``CELLS``): digits8 x {euler_ancestral, dpmpp_2m_sde, euler, dpmpp_2m} x 
 * ``unrelated`` (positive 7 with CFG 2.5, negative 0; N = ``N_UNRELATED``): plain, DNG at every lambda0, NP at every
   scale; ``mean_abs_change`` is the mean |x - x_plain| against plain sampling with the same seed.
 
+Rows since session 15 also carry ``destroyed_pct``: the images whose RMS exceeds 1.5 (out of the data range
+[-1, 1], where the RMS is at most 1). The classifier clamps them and still reads a digit, so a method that
+destroys images can pass for one that removes them (benchmarks/removal_tail.py).
+
 Every point is an independent unit of work (``--list`` prints them): ``--shard i/n`` runs points i, i+n, ... and
 appends one JSON row per point to ``<out>/parts/shard-<i>-of-<n>.jsonl`` (points already in any part file are
 skipped, so a killed shard resumes), so any scheduler can spread them over processes or machines.
@@ -61,6 +65,8 @@ METHODS = ("plain", "dng", "np", "sld")
 #: dng_core's bound on the one-sided evidence's offset (PosteriorConfig.offset_trust; not a node input): recorded in
 #: each DNG row's dng_params, so rows measured before it existed (no bound) keep their own key
 CORE_OFFSET_TRUST = PosteriorConfig().offset_trust
+#: ``--dng`` keys that are dng_core PosteriorConfig fields, not node inputs (patched into the pack's runs)
+CORE_FIELDS = ("offset_trust",)
 MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
 MAX_QUALITY_RATIO, MAX_CHANGE_RATIO = 0.5, 0.10
 
@@ -179,10 +185,15 @@ class _Runner:
         self.n = {"removal": n_removal, "unrelated": n_unrelated}
         self.scorers: dict[str, Any] = {}
         self.cache = out / "cache"
-        self.dng = {**node_defaults(), **dng_overrides}
+        core = {k: v for k, v in dng_overrides.items() if k in CORE_FIELDS}
+        self.dng = {**node_defaults(), **{k: v for k, v in dng_overrides.items() if k not in CORE_FIELDS}}
         # what a row's key names: the node inputs and dng_core's offset bound
         self.settings = {**default_settings(), **dng_overrides}
         self.uses_defaults = setting_suffix(self.settings) == ""
+        if core:  # not node inputs: every DNGRun the pack builds gets them
+            from benchmarks.common import set_posterior_fields
+
+            set_posterior_fields(**core)
 
     def scorer(self, model: str):
         from benchmarks.common import Scorer
@@ -235,7 +246,8 @@ class _Runner:
             **asdict(pt), "uses_defaults": self.uses_defaults if pt.method == "dng" else None, "n": score["n"],
             "forbidden_pct": score["forbidden_pct"], "forbidden_se": score["forbidden_se_pct"],
             "forbidden_upper95": wilson_upper(k, score["n"]), "kl": score["kl"], "kl_se": score["kl_se"],
-            "fd_clf": score["fd_clf"], "mean_abs_change": None, "host": environment()["comfyui"],
+            "fd_clf": score["fd_clf"], "destroyed_pct": score["destroyed_pct"], "mean_abs_change": None,
+            "host": environment()["comfyui"],
             "seconds": round(out.seconds, 2)}
         if pt.method == "dng":
             row["dng_params"] = {"lambda0": pt.strength, **self.settings}
@@ -563,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--np-scales", type=float, nargs="+", default=NP_SCALES, help="NP's scale sweep")
     ap.add_argument("--sld-scales", type=float, nargs="+", default=SLD_SCALES, help="SLD's s_g sweep")
     ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false)")
+                    help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false); "
+                         f"also {', '.join(CORE_FIELDS)} (dng_core's, not a node input)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"parts and cache folder (default {OUT})")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where --merge writes (default benchmarks/results)")
     ap.add_argument("--n-removal", type=int, default=N_REMOVAL, help="samples per removal point (smoke runs)")

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, environment, log, mean_se, pack_copies  # noqa: E402
+from benchmarks.common import RESULTS, environment, log, mean_se, pack_copies, set_posterior_fields  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 OUT_JSON = RESULTS / "probe_streams.json"
@@ -45,20 +44,6 @@ def set_probe_seed(seed: int) -> None:
     """Make the nodes' ``probe_direction`` draw from stream ``seed`` (its default seed, in the pack's copy)."""
     for module in pack_copies("dng_core.path"):
         module.probe_direction.__defaults__ = (seed,)
-
-
-def set_debias_probe(on: bool) -> None:
-    """Make the nodes' posterior take the probe's noise bound off the evidence (``PosteriorConfig.debias_probe``,
-    not a node input: every tracker the pack's copy builds gets its config with the field set)."""
-    for module in pack_copies("dng_core.posterior"):
-        cls = module.PosteriorTracker
-        original = getattr(cls, "_unpatched_init", cls.__init__)
-        cls._unpatched_init = original
-
-        def init(self, config, *args, _original=original, **kwargs):
-            _original(self, replace(config, debias_probe=on), *args, **kwargs)
-
-        cls.__init__ = init
 
 
 def set_probes(count: int) -> None:
@@ -89,7 +74,7 @@ def run(cell: str, seed: int, cases: list[str], probe_seeds: list[int], lambda0:
         debias_probe: bool = False, probes: int = 1) -> list[dict[str, Any]]:
     model, sampler, steps = cell.split("/")
     runner = _Runner(OUT, {})
-    set_debias_probe(debias_probe)
+    set_posterior_fields(debias_probe=debias_probe)
     set_probes(probes)
     from dng_core.path import PROBE_SEED
 

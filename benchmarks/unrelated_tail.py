@@ -8,14 +8,15 @@ posterior after the step (after the temperature, the offset and the rate bound).
 benchmarks/results/unrelated_tail_<cell>_seed<S>.md: the share of the change carried by the top 5 % of the
 images, the per-step means of the terms for the top 5 % and the rest, the top images' totals, and the last steps
 of the top three and the median image with the sigma term also read at the pushed state (the one-sided evidence
-reads x + offset, the state without DNG's pushes, with predictions made at the pushed x).
+reads x + offset, the state without DNG's pushes, with predictions made at the pushed x). On a stochastic
+sampler's cell (the kernel estimator: no path terms) it records each step's update of log p instead and gives
+the per-step means and the top images' largest log p and largest one-step rise.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/unrelated_tail.py --seed 1     # ~4 min
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import replace
@@ -28,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, environment, pack_copies  # noqa: E402
+from benchmarks.common import RESULTS, environment, pack_copies, point_study_args  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
@@ -78,28 +79,50 @@ def record_path_terms(records: list) -> None:
         cls.propose_path = wrapped
 
 
-def set_offset_trust(trust: float) -> None:
-    """Make the nodes' runs use PosteriorConfig.offset_trust = ``trust`` (the pack's copies of DNGRun)."""
-    for module in pack_copies("dng_core.run"):
-        cls = module.DNGRun
-        original = getattr(cls, "_unwrapped_init", cls.__init__)
-        cls._unwrapped_init = original
+def record_kernel_steps(records: list) -> None:
+    """Wrap the pack's kernel-estimator proposal (its result unchanged) to record, per step, sigma, sigma' and
+    each image's log p before and after the step (stochastic samplers' cells: no path terms there)."""
+    for module in pack_copies("dng_core.posterior"):
+        cls = module.PosteriorTracker
+        original = getattr(cls, "_unwrapped_propose", cls.propose)
+        cls._unwrapped_propose = original
 
-        def init(self, config, *args, _original=original, **kwargs):
-            _original(self, replace(config, posterior=replace(config.posterior, offset_trust=trust)), *args, **kwargs)
+        def wrapped(self, x, x_next, d_neg, d_u, sigma, sigma_next, _original=original):
+            new = _original(self, x, x_next, d_neg, d_u, sigma, sigma_next)
+            records.append((float(sigma), float(sigma_next), self.log_p.detach().cpu().clone(),
+                            new.detach().cpu().clone()))
+            return new
 
-        cls.__init__ = init
+        cls.propose = wrapped
+
+
+def _kernel_lines(records: list, change: torch.Tensor, order: torch.Tensor) -> list[str]:
+    """Per step: the mean evidence (log p after minus before, after the temperature, offset and rate bound) and
+    log p of the top 5 % and the rest; then the top images' largest log p and where it was reached."""
+    n = change.numel()
+    top, rest = order[: n // 20], order[n // 20:]
+    before, after = torch.stack([r[2] for r in records]), torch.stack([r[3] for r in records])
+    inc = after - before
+    lines = ["| step (sigma) | top 5 %: update, log p | the rest: update, log p |", "|---|---|---|"]
+    for i, r in enumerate(records):
+        lines.append(f"| {r[0]:.3f} -> {r[1]:.3f} | {float(inc[i, top].mean()):.2f}, {float(after[i, top].mean()):.2f} "
+                     f"| {float(inc[i, rest].mean()):.2f}, {float(after[i, rest].mean()):.2f} |")
+    lines += ["", "| image | change | max log p (at sigma) | final log p | largest one-step rise (at sigma) |",
+              "|---:|---:|---|---:|---|"]
+    for j in top[:10].tolist() + [int(order[n // 2])]:
+        k, m = int(after[:, j].argmax()), int(inc[:, j].argmax())
+        lines.append(f"| {j} | {float(change[j]):.4f} | {float(after[k, j]):.2f} ({records[k][1]:.3f}) | "
+                     f"{float(after[-1, j]):.2f} | {float(inc[m, j]):.2f} ({records[m][0]:.3f}) |")
+    return lines
 
 
 def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[str]:
     model, sampler, steps = cell.split("/")
-    runner = _Runner(OUT, {})  # loads the pack
-    from dng_core import PosteriorConfig
-
-    if offset_trust != PosteriorConfig().offset_trust:
-        set_offset_trust(offset_trust)
+    runner = _Runner(OUT, {"offset_trust": offset_trust})  # loads the pack (offset_trust: patched into its runs)
     records: list = []
     record_path_terms(records)
+    kernel_records: list = []
+    record_kernel_steps(kernel_records)
     pt = Point(model, sampler, int(steps), seed, "unrelated", "dng", lambda0)
     ref = runner.plain_reference(pt)
     runner.bench.runner.reset()
@@ -108,7 +131,6 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
     n = change.numel()
     order = change.argsort(descending=True)
     top, rest = order[: n // 20], order[n // 20:]
-    G, S, D, LP = (torch.stack([r[k] for r in records]) for k in (2, 3, 4, 5))
     lines = [f"# Unrelated change of {cell}, seed {seed}, lambda0 {lambda0:g}: which images, and why", "",
              f"Generated by `benchmarks/unrelated_tail.py`. ComfyUI {environment()['comfyui']}, {n} images "
              "(the grid's unrelated point). log p is after the temperature, offset and rate bound. "
@@ -116,9 +138,12 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
              f"Mean change {float(change.mean()):.4f}; median {float(change.median()):.4f}; the top 5 % carry "
              f"{float(change[top].sum() / change.sum()):.0%}; without the top 1 / 2 images: "
              f"{float((change.sum() - change[order[0]]) / (n - 1)):.4f} / "
-             f"{float((change.sum() - change[order[:2]].sum()) / (n - 2)):.4f}.", "",
-             "| step (sigma) | top 5 %: grad / sigma / div term, log p | the rest: grad / sigma / div term, log p |",
-             "|---|---|---|"]
+             f"{float((change.sum() - change[order[:2]].sum()) / (n - 2)):.4f}.", ""]
+    if not records:  # the kernel estimator (stochastic samplers): no path terms
+        return lines + _kernel_lines(kernel_records, change, order)
+    G, S, D, LP = (torch.stack([r[k] for r in records]) for k in (2, 3, 4, 5))
+    lines += ["| step (sigma) | top 5 %: grad / sigma / div term, log p | the rest: grad / sigma / div term, log p |",
+              "|---|---|---|"]
     for i, r in enumerate(records):
         def m(t, idx):
             return float(t[i, idx].mean())
@@ -142,22 +167,9 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="mnist16/euler/20", metavar="MODEL/SAMPLER/STEPS")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--lambda0", type=float, default=None, help="default: the node default")
-    ap.add_argument("--offset-trust", type=float, default=None,
-                    help="PosteriorConfig.offset_trust (not a node input; default: dng_core's); 0: no bound")
-    args = ap.parse_args()
-    from dng_core import DNGConfig, PosteriorConfig
-
-    lambda0 = DNGConfig().lambda0 if args.lambda0 is None else args.lambda0
-    default_trust = PosteriorConfig().offset_trust
-    trust = default_trust if args.offset_trust is None else args.offset_trust
-    lines = analyse(args.cell, args.seed, lambda0, trust)
-    tag = "" if trust == default_trust else f"_trust{trust:g}"
-    name = f"unrelated_tail_{args.cell.replace('/', '_')}_seed{args.seed}{tag}.md"
-    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    cell, seed, lambda0, trust, tag = point_study_args(__doc__.splitlines()[0])
+    lines = analyse(cell, seed, lambda0, trust)
+    (RESULTS / f"unrelated_tail_{cell.replace('/', '_')}_seed{seed}{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

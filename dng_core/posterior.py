@@ -120,7 +120,10 @@ class EvidencePath(str, enum.Enum):
     path estimator, which reads the state itself, follows the state without the pushes (x plus an offset that
     an euler step carries as sigma'/sigma offset + (1 - sigma'/sigma) push). Exact for first-order steps with
     predictions that do not depend on x (tests/core/test_evidence_path.py); otherwise the predictions are those
-    at the sampled state, a first-order approximation.
+    at the sampled state, a first-order approximation, good to trust^2 / 2 nats while |offset| <= trust * sigma:
+    the offset is scaled back onto that ball every step (``offset_trust``; path.offset_trust_radius). Without
+    the bound, pushes at p_max carried far past it are read linearly as evidence *for* the concept, which holds p
+    at p_max (measured on mnist16, euler: images destroyed; tests/core/test_offset_trust.py on the exact toy).
 
     The flaw of ``uncorrected``: its expected evidence, coef_d^2 / (2 v) (2 s <D_pos - D_u, Delta> - |Delta|^2),
     is positive wherever s <D_pos - D_u, Delta> > |Delta|^2 / 2. CFG's scale s multiplies the positive's pull,

@@ -212,6 +212,7 @@ def clamp_offset(offset: torch.Tensor, radius: float) -> torch.Tensor:
     (its direction kept: the reading stays first-order along the push it discounts)."""
     if not math.isfinite(radius):
         return offset
-    norms = offset.flatten(2).to(torch.float64).norm(dim=2)  # [K, B]
+    dtype = torch.float64 if offset.device.type != "mps" else torch.float32  # MPS has no float64
+    norms = offset.flatten(2).to(dtype).norm(dim=2)  # [K, B]
     factor = (radius / norms.clamp_min(1e-300)).clamp(max=1.0).to(offset.dtype)
     return offset * factor.reshape(factor.shape + (1,) * (offset.dim() - 2))

@@ -150,19 +150,21 @@ def pack_copies(module: str) -> list[Any]:
 DESTROYED_RMS = 1.5
 
 
+def destroyed_images(samples: torch.Tensor) -> torch.Tensor:
+    """One bool per image: its RMS value exceeds DESTROYED_RMS."""
+    return samples.float().flatten(1).pow(2).mean(1).sqrt() > DESTROYED_RMS
+
+
 def set_posterior_fields(**fields: Any) -> None:
     """Make every DNGRun the pack's copy builds use these PosteriorConfig fields: the settings that are not node
     inputs (``offset_trust``, ``debias_probe``); its trackers are built from the run's config, so they follow.
-    A later call replaces the earlier fields; no fields restores the pack's own behaviour."""
+    A later call replaces the earlier fields."""
     from dataclasses import replace
 
     for module in pack_copies("dng_core.run"):
         cls = module.DNGRun
         original = getattr(cls, "_unpatched_init", cls.__init__)
         cls._unpatched_init = original
-        if not fields:
-            cls.__init__ = original
-            continue
 
         def init(self, config, *args, _original=original, **kwargs):
             _original(self, replace(config, posterior=replace(config.posterior, **fields)), *args, **kwargs)
@@ -193,6 +195,12 @@ def point_study_args(description: str, default_cell: str = "mnist16/euler/20", d
     tag = "" if args.lambda0 is None else f"_lambda{lambda0:g}"
     tag += "" if trust == default_trust else f"_trust{trust:g}"
     return args.cell, args.seed, lambda0, trust, tag
+
+
+def write_point_study(prefix: str, cell: str, seed: int, tag: str, lines: list[str]) -> None:
+    """Print a point study's lines and write them to benchmarks/results/<prefix>_<cell>_seed<S><tag>.md."""
+    (RESULTS / f"{prefix}_{cell.replace('/', '_')}_seed{seed}{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 @dataclass
@@ -329,11 +337,10 @@ class Scorer:
         rng = np.random.default_rng(seed)
         kls = [kl_uniform(class_histogram(pred[rng.integers(0, n, n)]), self.kept) for _ in range(bootstrap)]
         kid, _ = kernel_inception_distance(feats, self.ref_feats)
-        rms = samples.float().flatten(1).pow(2).mean(1).sqrt()
         return {
             "n": n,
             # images out of the data range: the classifier still gives them a digit, so they pass for removed
-            "destroyed_pct": 100.0 * float((rms > DESTROYED_RMS).double().mean()),
+            "destroyed_pct": 100.0 * float(destroyed_images(samples).double().mean()),
             "forbidden_pct": 100.0 * forb,
             "forbidden_se_pct": 100.0 * math.sqrt(max(forb * (1 - forb), 1.0 / n) / n),
             "kl": kl,

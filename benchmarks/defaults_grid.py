@@ -236,6 +236,12 @@ class _Runner:
         torch.save(samples, path)
         return samples
 
+    def sample_against_plain(self, pt: Point):
+        """(plain sampling's samples, this point's) with the same seed: the plain ones from the cache."""
+        plain = self.plain_reference(pt)
+        self.bench.runner.reset()
+        return plain, self.bench.run(self.prompt(pt)).samples
+
     def run(self, pt: Point) -> dict:
         from benchmarks.common import environment
 

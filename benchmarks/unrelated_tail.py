@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, environment, pack_copies, point_study_args  # noqa: E402
+from benchmarks.common import environment, pack_copies, point_study_args, write_point_study  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
@@ -96,11 +96,11 @@ def record_kernel_steps(records: list) -> None:
         cls.propose = wrapped
 
 
-def _kernel_lines(records: list, change: torch.Tensor, order: torch.Tensor) -> list[str]:
+def _kernel_lines(records: list, change: torch.Tensor, order: torch.Tensor, top: torch.Tensor,
+                  rest: torch.Tensor) -> list[str]:
     """Per step: the mean evidence (log p after minus before, after the temperature, offset and rate bound) and
     log p of the top 5 % and the rest; then the top images' largest log p and where it was reached."""
     n = change.numel()
-    top, rest = order[: n // 20], order[n // 20:]
     before, after = torch.stack([r[2] for r in records]), torch.stack([r[3] for r in records])
     inc = after - before
     lines = ["| step (sigma) | top 5 %: update, log p | the rest: update, log p |", "|---|---|---|"]
@@ -123,11 +123,8 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
     record_path_terms(records)
     kernel_records: list = []
     record_kernel_steps(kernel_records)
-    pt = Point(model, sampler, int(steps), seed, "unrelated", "dng", lambda0)
-    ref = runner.plain_reference(pt)
-    runner.bench.runner.reset()
-    out = runner.bench.run(runner.prompt(pt))
-    change = (out.samples.float() - ref.float()).abs().flatten(1).mean(1)
+    ref, samples = runner.sample_against_plain(Point(model, sampler, int(steps), seed, "unrelated", "dng", lambda0))
+    change = (samples.float() - ref.float()).abs().flatten(1).mean(1)
     n = change.numel()
     order = change.argsort(descending=True)
     top, rest = order[: n // 20], order[n // 20:]
@@ -140,7 +137,7 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
              f"{float((change.sum() - change[order[0]]) / (n - 1)):.4f} / "
              f"{float((change.sum() - change[order[:2]].sum()) / (n - 2)):.4f}.", ""]
     if not records:  # the kernel estimator (stochastic samplers): no path terms
-        return lines + _kernel_lines(kernel_records, change, order)
+        return lines + _kernel_lines(kernel_records, change, order, top, rest)
     G, S, D, LP = (torch.stack([r[k] for r in records]) for k in (2, 3, 4, 5))
     lines += ["| step (sigma) | top 5 %: grad / sigma / div term, log p | the rest: grad / sigma / div term, log p |",
               "|---|---|---|"]
@@ -168,10 +165,7 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
 
 def main() -> None:
     cell, seed, lambda0, trust, tag = point_study_args(__doc__.splitlines()[0])
-    lines = analyse(cell, seed, lambda0, trust)
-    (RESULTS / f"unrelated_tail_{cell.replace('/', '_')}_seed{seed}{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_point_study("unrelated_tail", cell, seed, tag, analyse(cell, seed, lambda0, trust))
 
 if __name__ == "__main__":
     main()

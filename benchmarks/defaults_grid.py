@@ -18,7 +18,9 @@ Every point is an independent unit of work (``--list`` prints them): ``--shard i
 appends one JSON row per point to ``<out>/parts/shard-<i>-of-<n>.jsonl`` (points already in any part file are
 skipped, so a killed shard resumes), so any scheduler can spread them over processes or machines.
 ``--merge`` collects the parts into ``defaults_grid.json`` (the rows), ``defaults_grid_verdicts.json`` and
-``defaults_grid.md`` (per cell: each target met or missed, with the figure).
+``defaults_grid.md`` (per cell: each target met or missed, with the figure). The out folder is git-ignored: the
+committed ``defaults_grid.json`` is the base of every merge (a part's row replaces the committed row of the same
+point), so a fresh clone adds points to the grid without the earlier sessions' part files.
 
 Targets per cell, at the weakest lambda0 whose forbidden % is <= 1 % with a Wilson upper 95 % bound <= 1.5 %:
 DNG's KL and FD_clf <= 0.5 x those of NP and SLD interpolated at the same forbidden %, and DNG's unrelated change
@@ -399,7 +401,10 @@ def _as_sweep(series: Sequence[dict]) -> list[dict]:
 
 
 def merge(out: Path, results: Path = RESULTS) -> dict:
-    rows = []
+    # The part files live in the (git-ignored) out folder, so a fresh clone has none: the committed rows are the
+    # base, and a part's row replaces the committed row of the same point.
+    committed = results / "defaults_grid.json"
+    rows = json.loads(committed.read_text()) if committed.is_file() else []
     for part in sorted((out / "parts").glob("*.jsonl")):
         rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
     for r in rows:  # a DNG row's key names its setting against today's defaults (rows of earlier runs included)

@@ -70,3 +70,27 @@ def test_a_point_sampled_at_two_sizes_keeps_both_rows_and_the_larger_decides():
         assert v["quality_n"] == 1000 and v["kl_ratio_np"] == pytest.approx(0.2) and v["fd_clf"] == 2.0
     assert cell_verdict([small] + baselines, 75.0)["safety_met"] is False
     assert cell_verdict([large] + baselines, 75.0)["kl_ratio_np"] == pytest.approx(0.1)  # no protocol row: its own
+
+
+def test_merge_builds_on_the_committed_rows_and_a_part_replaces_its_point(tmp_path):
+    """The part files are git-ignored: a fresh clone's merge must keep the committed grid and add to it."""
+    import json
+
+    from benchmarks.defaults_grid import RESULTS, current_key, merge
+
+    committed = json.loads((RESULTS / "defaults_grid.json").read_text())
+    cell = [r for r in committed if (r["model"], r["sampler"], r["steps"], r["seed"]) == ("digits8", "euler", 20, 0)]
+    assert len(cell) > 3
+    results, out = tmp_path / "results", tmp_path / "out"
+    results.mkdir()
+    (out / "parts").mkdir(parents=True)
+    (results / "defaults_grid.json").write_text(json.dumps(cell[1:]))
+    replaced = dict(cell[1], seconds=-1.0)  # the same point, measured again
+    (out / "parts" / "shard-0-of-1.jsonl").write_text(json.dumps(cell[0]) + "\n" + json.dumps(replaced) + "\n")
+    summary = merge(out, results)
+    merged = json.loads((results / "defaults_grid.json").read_text())
+    assert summary["rows"] == len(merged) == len(cell)
+    by_key = {r["key"]: r for r in merged}
+    assert current_key(cell[0]) in by_key
+    assert by_key[current_key(cell[1])]["seconds"] == -1.0
+    assert (results / "defaults_grid.md").is_file()

@@ -3,7 +3,8 @@
 Reruns a grid point of the removal case (DNG at the node defaults, or ``--offset-trust``) against plain sampling
 with the same seed (cached beside the grid's plain references), with the pack's ``PosteriorTracker.commit``
 wrapped (its result unchanged) to record every image's log p after each step. The reference classifier splits the
-images: *leaked* (DNG's image is the forbidden digit), *saved* (plain's is, DNG's is not) and the rest. Prints and
+images: *leaked* (DNG's image is the forbidden digit), *saved* (plain's is, DNG's is not) and the rest; of the
+rest, those DNG turns into another digit are its collateral on the removal run itself. Prints and
 writes benchmarks/results/removal_tail_<cell>_seed<S>[_trust<K>].md: the counts, the per-step mean log p of the
 three groups, and the destroyed images: those whose RMS value exceeds 1.5 (an image in the data range [-1, 1] has
 an RMS of at most 1) or that change by more than 1 per pixel on average. A saved image that is destroyed is not
@@ -44,6 +45,12 @@ def record_commits(records: list) -> None:
         cls.commit = commit
 
 
+def digit_counts(labels: torch.Tensor) -> str:
+    """"1: 3, 4: 7" for the digits present."""
+    counts = torch.bincount(labels.long(), minlength=10)
+    return ", ".join(f"{d}: {int(c)}" for d, c in enumerate(counts) if c) or "none"
+
+
 def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[str]:
     model, sampler, steps = cell.split("/")
     runner = _Runner(OUT, {"offset_trust": offset_trust})  # loads the pack (offset_trust: patched into its runs)
@@ -58,6 +65,8 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
     saved = (y_plain == scorer.removed) & ~leaked
     rest = ~leaked & ~saved
     change = (samples.float() - plain.float()).abs().flatten(1).mean(1)
+    others = y_plain != scorer.removed
+    moved = others & (y_dng != y_plain)  # the collateral: digits the negative never asked to touch
     bad_rms, bad_change, plain_rms = destroyed_images(samples), change > 1.0, destroyed_images(plain)
     n = int(y_dng.numel())
     lines = [f"# Removal by {cell}, seed {seed}, lambda0 {lambda0:g}: leaked, saved and destroyed images", "",
@@ -70,7 +79,12 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
              f"by > 1 per pixel: {int(bad_change.sum())}, of them saved images {int((bad_change & saved).sum())}.",
              f"- mean change per pixel: saved {float(change[saved].mean()):.3f}, the rest "
              f"{float(change[rest].mean()):.3f}; saved images whose p exceeded 0.2: "
-             f"{float((log_p[:, saved].max(0).values > torch.log(torch.tensor(0.2))).double().mean()):.0%}.", "",
+             f"{float((log_p[:, saved].max(0).values > torch.log(torch.tensor(0.2))).double().mean()):.0%}.",
+             f"- plain's other digits that DNG turns into another digit: {int(moved.sum())} of {int(others.sum())} "
+             f"({float(moved.sum() / others.sum()):.1%}), to: {digit_counts(y_dng[moved])}; their mean change "
+             f"{float(change[moved].mean()) if bool(moved.any()) else 0.0:.3f} per pixel; plain's other digits "
+             f"changed by {float(change[others].mean()):.4f} on average (median {float(change[others].median()):.4f}).",
+             f"- the saved 0s become: {digit_counts(y_dng[saved])}.", "",
              "| step | leaked: mean log p (min .. max) | saved: mean log p | the rest: mean log p |",
              "|---:|---|---:|---:|"]
     for i in range(log_p.shape[0]):

@@ -83,17 +83,18 @@ def min_collateral(score: torch.Tensor, zero: torch.Tensor, bar: float = 1.0) ->
     return 100 * float((1 - z[:m + 1]).sum() / (1 - z).sum()), float(score[order[m]])
 
 
-def measure(cell: str, seed: int, case: str = "removal") -> dict:
+def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sampled") -> dict:
     """Sample (or load from the grid's cache) the per-step log p of both probe streams and the verdicts.
-    ``case`` "unrelated": the grid's unrelated run (positive 7 with CFG 2.5), the posterior of the 0s read along
-    its path (the evidence of the sampled step: with no push it is the path's own)."""
+    ``case`` "unrelated": the grid's unrelated run (positive 7 with CFG 2.5). ``evidence`` "sampled": the
+    posterior of the 0s read along the path (with no push the sampled step is the path's own); "one_sided": DNG's
+    own reading, which counts CFG's pull towards the 7 only where it points away from the 0s (in the removal run,
+    whose positive is empty, the two are the same)."""
     model, sampler, steps = cell.split("/")
-    path = OUT / "cache" / (f"model_posterior_{cell.replace('/', '_')}_seed{seed}_{case}_"
-                            f"{environment()['comfyui']}.pt")
+    tag = case if evidence == "sampled" else f"{case}_{evidence}"
+    path = OUT / "cache" / f"model_posterior_{cell.replace('/', '_')}_seed{seed}_{tag}_{environment()['comfyui']}.pt"
     if path.is_file():
         return torch.load(path)
-    reading = {**EXACT_READING, **({"evidence": "sampled"} if case == "unrelated" else {})}
-    runner = _Runner(OUT, reading)  # loads the pack
+    runner = _Runner(OUT, {**EXACT_READING, "evidence": evidence})  # loads the pack
     set_posterior_fields(max_rate=0.0)  # 0: no rate bound, the raw evidence
     pt = Point(model, sampler, int(steps), seed, case, "dng", 0.0)
     plain = runner.plain_reference(pt)
@@ -115,6 +116,7 @@ def logit(log_p: torch.Tensor) -> torch.Tensor:
 
 def analyse(cell: str, seed: int) -> list[str]:
     data, unrelated = measure(cell, seed), measure(cell, seed, "unrelated")
+    unrelated_dng = measure(cell, seed, "unrelated", "one_sided")
     log_p, log_p2, sigmas, zero = data["log_p"], data["log_p2"], data["sigmas"], data["zero"]
     n, k = int(zero.numel()), int(zero.sum())
     aucs = [auc(logit(lp)[zero], logit(lp)[~zero]) for lp in log_p]
@@ -143,18 +145,21 @@ def analyse(cell: str, seed: int) -> list[str]:
              "among the rest; two probes: the two streams' log-odds averaged (half the probe's variance), so what "
              "is left is the model's posterior, not the estimator's noise. Unrelated over the line: the share of "
              "the unrelated run's images (positive 7, none of them meant to change) whose posterior of the 0s at "
-             "the same step is at or above the last image that remover rejects.", "",
+             "the same step is at or above the last image that remover rejects; read along the path (the model's "
+             "posterior) and as DNG reads it (`one_sided`: CFG's pull towards the 7 counted where it points away "
+             "from the 0s).", "",
              "| step (sigma) | AUC, 0s vs the rest | collateral at 1 % % | two probes: AUC, collateral % | "
-             "unrelated over the line % | 0s: mean log-odds | the rest: mean log-odds | unrelated: mean log-odds |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "unrelated over the line %: path, DNG's reading | 0s: mean log-odds | the rest: mean log-odds | "
+             "unrelated: mean log-odds, DNG's reading |", "|---|---:|---:|---|---|---:|---:|---|"]
     for i in range(log_p.shape[0]):
         lo_i, mean_i = logit(log_p[i]), (logit(log_p[i]) + logit(log_p2[i])) / 2
         collateral, line = min_collateral(lo_i, zero)
-        un_i = logit(unrelated["log_p"][i])
+        un_i, dng_i = logit(unrelated["log_p"][i]), logit(unrelated_dng["log_p"][i])
         lines.append(f"| {sigmas[i]:.3f} -> {at(i)} | {aucs[i]:.3f} | {collateral:.1f} | "
                      f"{auc(mean_i[zero], mean_i[~zero]):.3f}, {min_collateral(mean_i, zero)[0]:.1f} | "
-                     f"{100 * float((un_i >= line).double().mean()):.1f} | {float(lo_i[zero].mean()):.2f} | "
-                     f"{float(lo_i[~zero].mean()):.2f} | {float(un_i.mean()):.2f} |")
+                     f"{100 * float((un_i >= line).double().mean()):.1f}, "
+                     f"{100 * float((dng_i >= line).double().mean()):.1f} | {float(lo_i[zero].mean()):.2f} | "
+                     f"{float(lo_i[~zero].mean()):.2f} | {float(un_i.mean()):.2f}, {float(dng_i.mean()):.2f} |")
     return lines
 
 

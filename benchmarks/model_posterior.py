@@ -17,10 +17,12 @@ Per step, with the classifier's verdict on each final image: how well the runnin
 that end as the classifier's 0s above the rest (AUC), and the *collateral*: the fewest other images a remover
 that rejects in the posterior's order must reject to leave <= 1 % 0s. Any remover whose push grows with the
 model's posterior (DNG's lambda = lambda0 p / (1 - p) does) meets the safety bar only by acting on about that
-share of the images the bar does not ask it to touch. Only the order is used: the posterior's level is not
-calibrated below sigma ~0.5, where the evidence is mostly the models' error (see the results).
+share of the images the bar does not ask it to touch. The grid's unrelated run (positive 7) is read the same way,
+along its path and as DNG reads it (``one_sided``): the share of its images at or above that remover's line at
+each step is what the deactivation target asks DNG to leave alone. Only the order is used: the posterior's level
+is not calibrated below sigma ~0.5, where the evidence is mostly the models' error (see the results).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_posterior.py --cell mnist16/euler/20 --seed 1   # ~12 min (cached after)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_posterior.py --cell mnist16/euler/20 --seed 1   # ~20 min (cached after)
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import (DESTROYED_RMS, destroyed_images, environment, pack_copies,  # noqa: E402
+from benchmarks.common import (DESTROYED_RMS, RESULTS, destroyed_images, environment, pack_copies,  # noqa: E402
                                point_study_args, write_point_study)
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
@@ -49,6 +49,28 @@ def digit_counts(labels: torch.Tensor) -> str:
     """"1: 3, 4: 7" for the digits present."""
     counts = torch.bincount(labels.long(), minlength=10)
     return ", ".join(f"{d}: {int(c)}" for d, c in enumerate(counts) if c) or "none"
+
+
+def np_collateral(runner: _Runner, scorer, cell: str, seed: int) -> str:
+    """For scale: negative prompting at the cell's matched scale (the grid's verdicts at the default), the same
+    count of other digits turned into another digit; "" where the grid has no matched scale for the cell."""
+    import json
+
+    model, sampler, steps = cell.split("/")
+    verdicts = json.loads((RESULTS / "defaults_grid_verdicts.json").read_text())["at_default"]
+    scale = next((v.get("np_matched_scale") for v in verdicts if (v["model"], v["sampler"], v["steps"], v["seed"])
+                  == (model, sampler, int(steps), seed)), None)
+    if scale is None:
+        return ""
+    plain, samples = runner.sample_against_plain(Point(model, sampler, int(steps), seed, "removal", "np", scale))
+    y_plain, y_np = torch.as_tensor(scorer.predict(plain)), torch.as_tensor(scorer.predict(samples))
+    others = y_plain != scorer.removed
+    moved = others & (y_np != y_plain)
+    change = (samples.float() - plain.float()).abs().flatten(1).mean(1)
+    left = float((y_np == scorer.removed).double().mean())
+    return (f"- for scale, negative prompting at its matched scale {scale:g} ({left:.1%} left) turns "
+            f"{int(moved.sum())} of {int(others.sum())} ({float(moved.sum() / others.sum()):.1%}) of plain's other "
+            f"digits into another digit and changes them by {float(change[others].mean()):.4f} on average.")
 
 
 def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[str]:
@@ -84,7 +106,8 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
              f"({float(moved.sum() / others.sum()):.1%}), to: {digit_counts(y_dng[moved])}; their mean change "
              f"{float(change[moved].mean()) if bool(moved.any()) else 0.0:.3f} per pixel; plain's other digits "
              f"changed by {float(change[others].mean()):.4f} on average (median {float(change[others].median()):.4f}).",
-             f"- the saved 0s become: {digit_counts(y_dng[saved])}.", "",
+             f"- the saved 0s become: {digit_counts(y_dng[saved])}.",
+             *filter(None, [np_collateral(runner, scorer, cell, seed)]), "",
              "| step | leaked: mean log p (min .. max) | saved: mean log p | the rest: mean log p |",
              "|---:|---|---:|---:|"]
     for i in range(log_p.shape[0]):

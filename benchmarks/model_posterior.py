@@ -22,7 +22,7 @@ along its path and as DNG reads it (``one_sided``): the share of its images at o
 each step is what the deactivation target asks DNG to leave alone. Only the order is used: the posterior's level
 is not calibrated below sigma ~0.5, where the evidence is mostly the models' error (see the results).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_posterior.py --cell mnist16/euler/20 --seed 1   # ~20 min (cached after)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/model_posterior.py --cell mnist16/euler/20 --seed 1   # ~20 min, cached
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -40,10 +41,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import environment, set_posterior_fields, write_point_study  # noqa: E402
-from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
+from benchmarks.defaults_grid import OUT, Point, _Runner, node_defaults  # noqa: E402
 from benchmarks.probe_streams import set_probe_seed  # noqa: E402
-from dng_core.path import PROBE_SEED  # noqa: E402
 from benchmarks.removal_tail import record_commits  # noqa: E402
+from dng_core import PosteriorConfig  # noqa: E402
+from dng_core.path import PROBE_SEED  # noqa: E402
 
 CLASS_PRIOR = 0.1  # each digit's share of the training data (MNIST's 0s: 9.9 %; the 8x8 digits': 10.0 %)
 EXACT_READING = {"prior": CLASS_PRIOR, "temperature": 1.0, "offset": 0.0, "p_min": 1e-9, "p_max": 0.999999,
@@ -85,6 +87,23 @@ def min_collateral(score: torch.Tensor, zero: torch.Tensor, bar: float = 1.0) ->
     return 100 * float((1 - z[:m + 1]).sum() / (1 - z).sum()), float(score[order[m]])
 
 
+_RUNNER: list[_Runner] = []  # one host and pack per process, whichever reading a run needs
+
+
+def shared_runner(dng: dict, max_rate: float) -> _Runner:
+    """The process's runner, set up for DNG inputs ``dng`` (over the node defaults) and dng_core's ``max_rate``."""
+    if not _RUNNER:
+        _RUNNER.append(_Runner(OUT, {}))  # loads the pack
+    runner = _RUNNER[0]
+    runner.dng = {**node_defaults(), **dng}
+    set_posterior_fields(max_rate=max_rate)
+    return runner
+
+
+def cache_path(cell: str, seed: int, tag: str) -> Path:
+    return OUT / "cache" / f"model_posterior_{cell.replace('/', '_')}_seed{seed}_{tag}_{environment()['comfyui']}.pt"
+
+
 def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sampled") -> dict:
     """Sample (or load from the grid's cache) the per-step log p of both probe streams and the verdicts.
     ``case`` "unrelated": the grid's unrelated run (positive 7 with CFG 2.5). ``evidence`` "sampled": the
@@ -92,12 +111,10 @@ def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sample
     own reading, which counts CFG's pull towards the 7 only where it points away from the 0s (in the removal run,
     whose positive is empty, the two are the same)."""
     model, sampler, steps = cell.split("/")
-    tag = case if evidence == "sampled" else f"{case}_{evidence}"
-    path = OUT / "cache" / f"model_posterior_{cell.replace('/', '_')}_seed{seed}_{tag}_{environment()['comfyui']}.pt"
+    path = cache_path(cell, seed, case if evidence == "sampled" else f"{case}_{evidence}")
     if path.is_file():
         return torch.load(path)
-    runner = _Runner(OUT, {**EXACT_READING, "evidence": evidence})  # loads the pack
-    set_posterior_fields(max_rate=0.0)  # 0: no rate bound, the raw evidence
+    runner = shared_runner({**EXACT_READING, "evidence": evidence}, max_rate=0.0)  # 0: no rate bound
     pt = Point(model, sampler, int(steps), seed, case, "dng", 0.0)
     plain = runner.plain_reference(pt)
     samples, log_p, sigmas = read_posterior(runner, pt, PROBE_SEED)
@@ -112,11 +129,47 @@ def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sample
     return data
 
 
+def unrelated_change(cell: str, seed: int, lambda0: float) -> torch.Tensor:
+    """Per image, how far DNG at the node defaults and ``lambda0`` moves the grid's unrelated images (mean
+    absolute change per pixel against plain sampling with the same seed; cached)."""
+    model, sampler, steps = cell.split("/")
+    path = cache_path(cell, seed, f"unrelated_change_lambda{lambda0:g}")
+    if path.is_file():
+        return torch.load(path)
+    runner = shared_runner({}, max_rate=PosteriorConfig().max_rate)
+    runner.bench.runner.reset()
+    plain, samples = runner.sample_against_plain(Point(model, sampler, int(steps), seed, "unrelated", "dng", lambda0))
+    change = (samples.float() - plain.float()).abs().flatten(1).mean(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(change, path)
+    return change
+
+
+def change_by_rank(cell: str, seed: int, lambda0: float, data: dict, unrelated_dng: dict) -> list[str]:
+    """Which of the unrelated images DNG moves at ``lambda0``: those over the removal's line, or others."""
+    change = unrelated_change(cell, seed, lambda0)
+    sigmas = data["sigmas"]
+    lines = ["", f"Which unrelated images DNG moves at lambda0 {lambda0:g} (node defaults otherwise; mean change per "
+             f"pixel {float(change.mean()):.4f}): the images over each step's line by DNG's reading, their share of "
+             "the run's total change, and their mean change against the rest's.", "",
+             "| step (sigma) | images over the line % | their share of the change % | their mean change | "
+             "the rest's mean change |", "|---|---:|---:|---:|---:|"]
+    for i in range(len(sigmas) - 2):
+        _, line = min_collateral(logit(data["log_p"][i]), data["zero"])
+        over = logit(unrelated_dng["log_p"][i]) >= line
+        if not bool(over.any()) or bool(over.all()):
+            continue
+        lines.append(f"| {sigmas[i]:.3f} -> {sigmas[i + 1]:.3f} | {100 * float(over.double().mean()):.1f} | "
+                     f"{100 * float(change[over].sum() / change.sum()):.0f} | {float(change[over].mean()):.4f} | "
+                     f"{float(change[~over].mean()):.4f} |")
+    return lines
+
+
 def logit(log_p: torch.Tensor) -> torch.Tensor:
     return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-12))
 
 
-def analyse(cell: str, seed: int) -> list[str]:
+def analyse(cell: str, seed: int, lambda0s: Sequence[float] = ()) -> list[str]:
     data, unrelated = measure(cell, seed), measure(cell, seed, "unrelated")
     unrelated_dng = measure(cell, seed, "unrelated", "one_sided")
     log_p, log_p2, sigmas, zero = data["log_p"], data["log_p2"], data["sigmas"], data["zero"]
@@ -162,6 +215,8 @@ def analyse(cell: str, seed: int) -> list[str]:
                      f"{100 * float((un_i >= line).double().mean()):.1f}, "
                      f"{100 * float((dng_i >= line).double().mean()):.1f} | {float(lo_i[zero].mean()):.2f} | "
                      f"{float(lo_i[~zero].mean()):.2f} | {float(un_i.mean()):.2f}, {float(dng_i.mean()):.2f} |")
+    for lambda0 in lambda0s:
+        lines += change_by_rank(cell, seed, lambda0, data, unrelated_dng)
     return lines
 
 
@@ -169,8 +224,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cell", default="mnist16/euler/20", metavar="MODEL/SAMPLER/STEPS")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--lambda0s", type=float, nargs="*", default=[],
+                    help="also run DNG (node defaults) on the unrelated point at these lambda0 and show which images "
+                         "it moves")
     args = ap.parse_args()
-    write_point_study("model_posterior", args.cell, args.seed, "", analyse(args.cell, args.seed))
+    write_point_study("model_posterior", args.cell, args.seed, "", analyse(args.cell, args.seed, args.lambda0s))
 
 
 if __name__ == "__main__":

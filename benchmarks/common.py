@@ -155,6 +155,11 @@ def destroyed_images(samples: torch.Tensor) -> torch.Tensor:
     return samples.float().flatten(1).pow(2).mean(1).sqrt() > DESTROYED_RMS
 
 
+def per_image_change(samples: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change per pixel of each image against the same-seed reference, [N]."""
+    return (samples.float() - reference.float()).abs().flatten(1).mean(1)
+
+
 def set_posterior_fields(**fields: Any) -> None:
     """Make every DNGRun the pack's copy builds use these PosteriorConfig fields: the settings that are not node
     inputs (``offset_trust``, ``debias_probe``); its trackers are built from the run's config, so they follow.

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import (DESTROYED_RMS, RESULTS, destroyed_images, environment, pack_copies,  # noqa: E402
-                               point_study_args, write_point_study)
+                               per_image_change, point_study_args, write_point_study)
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
@@ -51,6 +51,13 @@ def digit_counts(labels: torch.Tensor) -> str:
     return ", ".join(f"{d}: {int(c)}" for d, c in enumerate(counts) if c) or "none"
 
 
+def turned_digits(y_plain: torch.Tensor, y_new: torch.Tensor, removed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(plain's images that are not the removed digit, those of them the method turns into another digit): the
+    collateral, digits the negative never asked to touch."""
+    others = y_plain != removed
+    return others, others & (y_new != y_plain)
+
+
 def np_collateral(runner: _Runner, scorer, cell: str, seed: int) -> str:
     """For scale: negative prompting at the cell's matched scale (the grid's verdicts at the default), the same
     count of other digits turned into another digit; "" where the grid has no matched scale for the cell."""
@@ -64,9 +71,8 @@ def np_collateral(runner: _Runner, scorer, cell: str, seed: int) -> str:
         return ""
     plain, samples = runner.sample_against_plain(Point(model, sampler, int(steps), seed, "removal", "np", scale))
     y_plain, y_np = torch.as_tensor(scorer.predict(plain)), torch.as_tensor(scorer.predict(samples))
-    others = y_plain != scorer.removed
-    moved = others & (y_np != y_plain)
-    change = (samples.float() - plain.float()).abs().flatten(1).mean(1)
+    others, moved = turned_digits(y_plain, y_np, scorer.removed)
+    change = per_image_change(samples, plain)
     left = float((y_np == scorer.removed).double().mean())
     return (f"- for scale, negative prompting at its matched scale {scale:g} ({left:.1%} left) turns "
             f"{int(moved.sum())} of {int(others.sum())} ({float(moved.sum() / others.sum()):.1%}) of plain's other "
@@ -86,9 +92,8 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
     leaked = y_dng == scorer.removed
     saved = (y_plain == scorer.removed) & ~leaked
     rest = ~leaked & ~saved
-    change = (samples.float() - plain.float()).abs().flatten(1).mean(1)
-    others = y_plain != scorer.removed
-    moved = others & (y_dng != y_plain)  # the collateral: digits the negative never asked to touch
+    change = per_image_change(samples, plain)
+    others, moved = turned_digits(y_plain, y_dng, scorer.removed)
     bad_rms, bad_change, plain_rms = destroyed_images(samples), change > 1.0, destroyed_images(plain)
     n = int(y_dng.numel())
     lines = [f"# Removal by {cell}, seed {seed}, lambda0 {lambda0:g}: leaked, saved and destroyed images", "",
@@ -120,6 +125,7 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
 def main() -> None:
     cell, seed, lambda0, trust, tag = point_study_args(__doc__.splitlines()[0])
     write_point_study("removal_tail", cell, seed, tag, analyse(cell, seed, lambda0, trust))
+
 
 if __name__ == "__main__":
     main()

@@ -29,7 +29,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import environment, pack_copies, point_study_args, write_point_study  # noqa: E402
+from benchmarks.common import (environment, pack_copies, per_image_change, point_study_args,  # noqa: E402
+                               write_point_study)
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
@@ -124,7 +125,7 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
     kernel_records: list = []
     record_kernel_steps(kernel_records)
     ref, samples = runner.sample_against_plain(Point(model, sampler, int(steps), seed, "unrelated", "dng", lambda0))
-    change = (samples.float() - ref.float()).abs().flatten(1).mean(1)
+    change = per_image_change(samples, ref)
     n = change.numel()
     order = change.argsort(descending=True)
     top, rest = order[: n // 20], order[n // 20:]
@@ -166,6 +167,7 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
 def main() -> None:
     cell, seed, lambda0, trust, tag = point_study_args(__doc__.splitlines()[0])
     write_point_study("unrelated_tail", cell, seed, tag, analyse(cell, seed, lambda0, trust))
+
 
 if __name__ == "__main__":
     main()

@@ -116,18 +116,31 @@ def digit_prompt(*, method: str = "dng", batch_size: int = 64, seed: int = 0, st
 def split_at_step(p: dict, *, k: int, models: tuple[list, list], negatives: tuple[list, list], positive: list,
                   latent: list, seed: int, steps: int, cfg: float, sampler: str, scheduler: str = "normal") -> dict:
     """Replace a prompt's KSampler "5" with two KSamplerAdvanced segments, steps [0, k) ("11") then [k, steps)
-    ("5", the final latent), each with its own model and negative. The first returns its leftover noise, the
-    second continues it; the second's ancestral noise uses seed + 1000 (ComfyUI seeds the ancestral noise with
-    the latent's seed, so reusing it would inject the initial noise a second time)."""
+    ("5", the final latent), each with its own model and negative (``split_at_steps`` with one split)."""
+    return split_at_steps(p, ks=[k], models=list(models), negatives=list(negatives), positive=positive,
+                          latent=latent, seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler)
+
+
+def split_at_steps(p: dict, *, ks: list[int], models: list[list], negatives: list[list], positive: list,
+                   latent: list, seed: int, steps: int, cfg: float, sampler: str, scheduler: str = "normal") -> dict:
+    """Replace a prompt's KSampler "5" with len(ks) + 1 KSamplerAdvanced segments split at the steps ``ks``
+    (increasing), each with its own model and negative. Ids: "11" the first segment, "14", "15", ... the middle
+    ones, "5" the last (the final latent). Each segment but the last returns its leftover noise and the next
+    continues it; segment i > 0 seeds its ancestral noise with seed + 1000 i (ComfyUI seeds the ancestral noise
+    with the latent's seed, so reusing it would inject the initial noise a second time)."""
+    if len(models) != len(ks) + 1 or len(negatives) != len(ks) + 1 or list(ks) != sorted(set(ks)):
+        raise ValueError("split_at_steps needs increasing split steps and one model and negative per segment")
     common = {"steps": int(steps), "cfg": float(cfg), "sampler_name": sampler, "scheduler": scheduler,
               "positive": positive}
-    p["11"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": models[0], "add_noise": "enable", "noise_seed": int(seed), "negative": negatives[0],
-        "latent_image": latent, "start_at_step": 0, "end_at_step": int(k), "return_with_leftover_noise": "enable"}}
-    p["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
-        **common, "model": models[1], "add_noise": "disable", "noise_seed": int(seed) + 1000,
-        "negative": negatives[1], "latent_image": ["11", 0], "start_at_step": int(k), "end_at_step": 10000,
-        "return_with_leftover_noise": "disable"}}
+    bounds = [0, *[int(k) for k in ks], 10000]
+    ids = ["11", *[str(14 + i) for i in range(len(ks) - 1)], "5"]
+    for i, node_id in enumerate(ids):
+        last = i == len(ids) - 1
+        p[node_id] = {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": models[i], "add_noise": "enable" if i == 0 else "disable",
+            "noise_seed": int(seed) + 1000 * i, "negative": negatives[i],
+            "latent_image": latent if i == 0 else [ids[i - 1], 0], "start_at_step": bounds[i],
+            "end_at_step": bounds[i + 1], "return_with_leftover_noise": "disable" if last else "enable"}}
     return p
 
 

@@ -52,6 +52,7 @@ CLASS_PRIOR = 0.1  # each digit's share of the training data (MNIST's 0s: 9.9 %;
 EXACT_READING = {"prior": CLASS_PRIOR, "temperature": 1.0, "offset": 0.0, "p_min": 1e-9, "p_max": 0.999999,
                  "prune_concepts": False}
 SECOND_PROBE_SEED = 777
+STOCHASTIC_SAMPLERS = ("euler_ancestral", "dpmpp_2m_sde")  # the grid's samplers that add noise
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -105,17 +106,20 @@ def cache_path(cell: str, seed: int, tag: str) -> Path:
     return OUT / "cache" / f"model_posterior_{cell.replace('/', '_')}_seed{seed}_{tag}_{environment()['comfyui']}.pt"
 
 
-def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sampled") -> dict:
+def measure(cell: str, seed: int, case: str = "removal", evidence: str = "sampled", estimator: str = "auto") -> dict:
     """Sample (or load from the grid's cache) the per-step log p of both probe streams and the verdicts.
     ``case`` "unrelated": the grid's unrelated run (positive 7 with CFG 2.5). ``evidence`` "sampled": the
     posterior of the 0s read along the path (with no push the sampled step is the path's own); "one_sided": DNG's
     own reading, which counts CFG's pull towards the 7 only where it points away from the 0s (in the removal run,
-    whose positive is empty, the two are the same)."""
+    whose positive is empty, the two are the same). ``estimator``: the node's ``posterior_variance`` (``auto``:
+    the path estimator on deterministic samplers, the kernel on ancestral ones)."""
     model, sampler, steps = cell.split("/")
-    path = cache_path(cell, seed, case if evidence == "sampled" else f"{case}_{evidence}")
+    tag = (case if evidence == "sampled" else f"{case}_{evidence}") + ("" if estimator == "auto" else f"_{estimator}")
+    path = cache_path(cell, seed, tag)
     if path.is_file():
         return torch.load(path)
-    runner = shared_runner({**EXACT_READING, "evidence": evidence}, max_rate=0.0)  # 0: no rate bound
+    runner = shared_runner({**EXACT_READING, "evidence": evidence, "posterior_variance": estimator},
+                           max_rate=0.0)  # 0: no rate bound
     pt = Point(model, sampler, int(steps), seed, case, "dng", 0.0)
     plain = runner.plain_reference(pt)
     samples, log_p, sigmas = read_posterior(runner, pt, PROBE_SEED)
@@ -169,9 +173,19 @@ def logit(log_p: torch.Tensor) -> torch.Tensor:
     return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-12))
 
 
-def analyse(cell: str, seed: int, lambda0s: Sequence[float] = ()) -> list[str]:
-    data, unrelated = measure(cell, seed), measure(cell, seed, "unrelated")
-    unrelated_dng = measure(cell, seed, "unrelated", "one_sided")
+def estimator_used(cell: str, estimator: str) -> str:
+    """The estimator ``auto`` resolves to on the cell's sampler (the grid's stochastic samplers are ancestral)."""
+    if estimator != "auto":
+        return estimator
+    return "kernel" if cell.split("/")[1] in STOCHASTIC_SAMPLERS else "path"
+
+
+def analyse(cell: str, seed: int, lambda0s: Sequence[float] = (), estimator: str = "auto") -> list[str]:
+    data, unrelated = measure(cell, seed, estimator=estimator), measure(cell, seed, "unrelated", estimator=estimator)
+    unrelated_dng = measure(cell, seed, "unrelated", "one_sided", estimator=estimator)
+    used = estimator_used(cell, estimator)
+    probe_note = ("" if used == "path" else " The kernel estimator draws no probe: the two streams are the same "
+                  "reading.")
     log_p, log_p2, sigmas, zero = data["log_p"], data["log_p2"], data["sigmas"], data["zero"]
     n, k = int(zero.numel()), int(zero.sum())
     aucs = [auc(logit(lp)[zero], logit(lp)[~zero]) for lp in log_p]
@@ -184,8 +198,8 @@ def analyse(cell: str, seed: int, lambda0s: Sequence[float] = ()) -> list[str]:
              f"point ({n} images) and unrelated point ({int(unrelated['zero'].numel())} images, positive 7), both "
              f"unguided (largest difference from the cached plain samples: {data['max_plain_difference']:.2g}, "
              f"{unrelated['max_plain_difference']:.2g}). Tracker: prior {CLASS_PRIOR}, temperature 1, offset 0, no "
-             "rate bound, p in [1e-9, 0.999999], the path estimator; the classifier's 0s are the final images' "
-             "verdicts.", "",
+             f"rate bound, p in [1e-9, 0.999999], the {used} estimator; the classifier's 0s are the final images' "
+             f"verdicts.{probe_note}", "",
              f"- the classifier's 0s: {k} ({100 * k / n:.1f} %).",
              f"- the posterior ranks them best at sigma {at(best)} (after step {best + 1}): AUC {aucs[best]:.3f} "
              f"(stream 2: {auc(lo2[zero], lo2[~zero]):.3f}); leaving <= 1 % 0s by rejecting in its order takes "
@@ -228,8 +242,13 @@ def main() -> None:
     ap.add_argument("--lambda0s", type=float, nargs="*", default=[],
                     help="also run DNG (node defaults) on the unrelated point at these lambda0 and show which images "
                          "it moves")
+    ap.add_argument("--estimator", default="auto", choices=("auto", "path", "kernel"),
+                    help="the posterior's estimator (the node's posterior_variance; auto: path on deterministic "
+                         "samplers, kernel on ancestral ones)")
     args = ap.parse_args()
-    write_point_study("model_posterior", args.cell, args.seed, "", analyse(args.cell, args.seed, args.lambda0s))
+    tag = "" if args.estimator == "auto" else f"_{args.estimator}"
+    write_point_study("model_posterior", args.cell, args.seed, tag,
+                      analyse(args.cell, args.seed, args.lambda0s, args.estimator))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,11 @@ def test_predicted_ratio_of_one_step_is_the_gain_ratio_at_its_geometric_mid_sigm
     both = predicted_ratio(sigmas, (0, 2))
     assert ode_to_sde_gain_ratio(8.0, 1.0) < both < ode_to_sde_gain_ratio(2.0, 1.0)
     assert math.isfinite(predicted_ratio(sigmas, (2, 3)))
+
+
+def test_the_trial_shape_interpolates_in_log_sigma_and_is_flat_beyond_the_windows():
+    from benchmarks.ancestral_push_shape import shape_at
+
+    points = [(math.log(1.0), 1.0), (math.log(4.0), 0.5)]
+    assert shape_at(points, 2.0) == pytest.approx(0.75)  # half-way in ln sigma
+    assert shape_at(points, 0.1) == 1.0 and shape_at(points, 100.0) == 0.5

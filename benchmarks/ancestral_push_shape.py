@@ -16,7 +16,12 @@ c(sigma) = min(1, T(sigma) / measured ratio), interpolated in ln sigma between t
 removal and unrelated points at the node defaults otherwise and reads the targets against the grid's committed
 NP and SLD rows of the same cell and seed.
 
+``--warmup-sigma S`` instead drops the push above S and keeps it whole below: with S 2.5, where the ancestral
+posterior starts to separate, mnist16 euler_ancestral meets every target but FD_clf (its removal floor) at seed 0,
+lambda0 300 (docs/step_invariance.md, Session 17). ``--sampler``/``--steps`` run digits8's other stochastic cells.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --seed 0 --lambda0s 150 300  # ~6 min a lambda0
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --warmup-sigma 2.5 --lambda0s 300
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, environment, log, pack_copies  # noqa: E402
+from benchmarks.common import RESULTS, environment, log, wrap_pack_method  # noqa: E402
 from benchmarks.defaults_grid import OUT, Point, _Runner, cell_verdict  # noqa: E402
 from benchmarks.push_transmission import WINDOWS, predicted_ratio  # noqa: E402
 
@@ -66,30 +71,28 @@ def shape_at(points: list[tuple[float, float]], sigma: float) -> float:
 def patch_ancestral_push(shape: Callable[[float], float]) -> None:
     """Every run the pack builds that does not scale its push as a deterministic one (ancestral samplers) takes
     ``shape(sigma)`` on its lambda."""
-    for module in pack_copies("dng_core.run"):
-        cls = module.DNGRun
-        original = getattr(cls, "_unshaped_scale", cls._scale)
-        cls._unshaped_scale = original
-
-        def _scale(self, log_p, sigma, _original=original):
-            scale = _original(self, log_p, sigma)
+    def wrap(original):
+        def _scale(self, log_p, sigma):
+            scale = original(self, log_p, sigma)
             if self._push_scale_s is not None:
                 return scale
             return scale * shape(float(self.parametrisation.sigma_ve(sigma)))
+        return _scale
 
-        cls._scale = _scale
+    wrap_pack_method("dng_core.run", "DNGRun", "_scale", wrap)
 
 
-def write_markdown(out: Path, model: str, seed: int, warmup_sigma: float | None) -> None:
+def write_markdown(out: Path, model: str, seed: int, warmup_sigma: float | None, sampler: str = "euler_ancestral",
+                   steps: int = 20) -> None:
     """The trial's table (from its json) beside the node defaults' own rows, against the grid's baselines."""
     data = json.loads(out.with_suffix(".json").read_text())
-    cell = (model, "euler_ancestral", 20)
+    cell = (model, sampler, steps)
     grid = [r for r in json.loads((RESULTS / "defaults_grid.json").read_text())
             if (r["model"], r["sampler"], r["steps"], r["seed"]) == (*cell, seed)]
     baselines = [r for r in grid if r["method"] != "dng"]
     defaults = [r for r in grid if r["method"] == "dng" and r.get("uses_defaults")]
     what = "shaped by the measured transmission" if warmup_sigma is None else "after a guidance-free warm-up"
-    lines = [f"# {model} euler_ancestral 20, seed {seed}: the ancestral push {what} (a trial), ComfyUI "
+    lines = [f"# {model} {sampler} {steps}, seed {seed}: the ancestral push {what} (a trial), ComfyUI "
              f"{data['env']['comfyui']}", "",
              f"`benchmarks/ancestral_push_shape.py`; node defaults but {data['shape']}. Targets against the grid's "
              "committed NP and SLD rows of the same cell and seed; the node defaults' own rows for comparison.", "",
@@ -115,17 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambda0s", type=float, nargs="+", default=[150.0, 300.0])
     ap.add_argument("--warmup-sigma", type=float, default=None,
                     help="instead of the measured shape: no push above this sigma, the full push below it")
+    ap.add_argument("--sampler", default="euler_ancestral", choices=("euler_ancestral", "dpmpp_2m_sde"))
+    ap.add_argument("--steps", type=int, default=20, choices=(20, 50))
     ap.add_argument("--markdown", action="store_true", help="only rewrite the .md from the .json")
     args = ap.parse_args(argv)
     tag = "" if args.warmup_sigma is None else f"_warmup_sigma{args.warmup_sigma:g}".replace(".", "p")
-    out = RESULTS / f"ancestral_push_shape_{args.model}_seed{args.seed}{tag}"
+    cell = "" if (args.sampler, args.steps) == ("euler_ancestral", 20) else f"_{args.sampler}_{args.steps}"
+    out = RESULTS / f"ancestral_push_shape_{args.model}{cell}_seed{args.seed}{tag}"
     if not args.markdown:
-        run_trial(out, args.model, args.seed, args.lambda0s, args.warmup_sigma)
-    write_markdown(out, args.model, args.seed, args.warmup_sigma)
+        run_trial(out, args.model, args.seed, args.lambda0s, args.warmup_sigma, args.sampler, args.steps)
+    write_markdown(out, args.model, args.seed, args.warmup_sigma, args.sampler, args.steps)
     return 0
 
 
-def run_trial(out: Path, model: str, seed: int, lambda0s: list[float], warmup_sigma: float | None) -> None:
+def run_trial(out: Path, model: str, seed: int, lambda0s: list[float], warmup_sigma: float | None,
+              sampler: str = "euler_ancestral", steps: int = 20) -> None:
     """Run the removal and unrelated points at each lambda0 with the ancestral push shaped; rows to the json (a
     lambda0 run again replaces its rows)."""
     done = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").is_file() else []
@@ -143,7 +150,7 @@ def run_trial(out: Path, model: str, seed: int, lambda0s: list[float], warmup_si
     for lambda0 in lambda0s:
         for case in ("removal", "unrelated"):
             runner.bench.runner.reset()
-            row = runner.run(Point(model, "euler_ancestral", 20, seed, case, "dng", lambda0))
+            row = runner.run(Point(model, sampler, steps, seed, case, "dng", lambda0))
             row["uses_defaults"] = False
             rows.append(row)
             log(f"lambda0 {lambda0:g} {case}: forbidden {row['forbidden_pct']:.1f} % change {row['mean_abs_change']}")

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -173,21 +173,30 @@ def per_image_change(samples: torch.Tensor, reference: torch.Tensor) -> torch.Te
     return (samples.float() - reference.float()).abs().flatten(1).mean(1)
 
 
+def wrap_pack_method(module: str, cls_name: str, name: str, wrap: Callable[[Callable], Callable]) -> None:
+    """Replace method ``name`` of ``cls_name`` in each of the pack's copies of ``module`` (e.g. "dng_core.run") by
+    ``wrap(original)``, for benchmarks that record or change what the nodes call. The original stays on the class
+    (``_unwrapped_<name>``), so a later call wraps the original again, not the earlier wrapper."""
+    for m in pack_copies(module):
+        cls = getattr(m, cls_name)
+        key = f"_unwrapped_{name}"
+        original = cls.__dict__[key] if key in cls.__dict__ else getattr(cls, name)
+        setattr(cls, key, original)
+        setattr(cls, name, wrap(original))
+
+
 def set_posterior_fields(**fields: Any) -> None:
     """Make every DNGRun the pack's copy builds use these PosteriorConfig fields: the settings that are not node
     inputs (``offset_trust``, ``debias_probe``); its trackers are built from the run's config, so they follow.
     A later call replaces the earlier fields."""
     from dataclasses import replace
 
-    for module in pack_copies("dng_core.run"):
-        cls = module.DNGRun
-        original = getattr(cls, "_unpatched_init", cls.__init__)
-        cls._unpatched_init = original
+    def wrap(original: Callable) -> Callable:
+        def init(self, config, *args, **kwargs):
+            original(self, replace(config, posterior=replace(config.posterior, **fields)), *args, **kwargs)
+        return init
 
-        def init(self, config, *args, _original=original, **kwargs):
-            _original(self, replace(config, posterior=replace(config.posterior, **fields)), *args, **kwargs)
-
-        cls.__init__ = init
+    wrap_pack_method("dng_core.run", "DNGRun", "__init__", wrap)
 
 
 def point_study_args(description: str, default_cell: str = "mnist16/euler/20", default_seed: int = 1

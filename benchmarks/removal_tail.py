@@ -26,23 +26,20 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import (DESTROYED_RMS, RESULTS, destroyed_images, environment, pack_copies,  # noqa: E402
-                               per_image_change, point_study_args, write_point_study)
+from benchmarks.common import (DESTROYED_RMS, RESULTS, destroyed_images, environment,  # noqa: E402
+                               per_image_change, point_study_args, wrap_pack_method, write_point_study)
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
 
 def record_commits(records: list) -> None:
     """Wrap the pack's ``PosteriorTracker.commit`` to record each committed log p, [B] per step."""
-    for module in pack_copies("dng_core.posterior"):
-        cls = module.PosteriorTracker
-        original = getattr(cls, "_unwrapped_commit", cls.commit)
-        cls._unwrapped_commit = original
-
-        def commit(self, log_p, _original=original):
+    def wrap(original):
+        def commit(self, log_p):
             records.append(log_p.detach().cpu().clone())
-            return _original(self, log_p)
+            return original(self, log_p)
+        return commit
 
-        cls.commit = commit
+    wrap_pack_method("dng_core.posterior", "PosteriorTracker", "commit", wrap)
 
 
 def digit_counts(labels: torch.Tensor) -> str:

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import (environment, pack_copies, per_image_change, point_study_args,  # noqa: E402
+from benchmarks.common import (environment, per_image_change, point_study_args, wrap_pack_method,  # noqa: E402
                                write_point_study)
 from benchmarks.defaults_grid import OUT, Point, _Runner  # noqa: E402
 
@@ -45,25 +45,18 @@ def record_path_terms(records: list) -> None:
     """Wrap the pack's path-point builder (to know the pushed state x behind each point, whose x is x + offset
     with the one-sided evidence) and its propose_path (to record the terms)."""
     pushed: dict[int, tuple] = {}
-    for module in pack_copies("dng_core.run"):
-        cls = module._StepInputs
-        original_point = getattr(cls, "_unwrapped_path_point", cls.path_point)
-        cls._unwrapped_path_point = original_point
 
-        def path_point(self, k, _original=original_point):
-            out = _original(self, k)
+    def wrap_point(original):
+        def path_point(self, k):
+            out = original(self, k)
             if out is not None:
                 pushed[id(out)] = (self.x, None if self.offset is None else self.offset[k])
             return out
+        return path_point
 
-        cls.path_point = path_point
-    for module in pack_copies("dng_core.posterior"):
-        cls = module.PosteriorTracker
-        original = getattr(cls, "_unwrapped_propose_path", cls.propose_path)
-        cls._unwrapped_propose_path = original
-
-        def wrapped(self, start, end, _original=original):
-            new = _original(self, start, end)
+    def wrap_propose(original):
+        def propose_path(self, start, end):
+            new = original(self, start, end)
             x0, g0, h0, s0 = start.terms(self.parametrisation)
             x1, g1, h1, s1 = end.terms(self.parametrisation)
             grad = 0.5 * ((g0 + g1) * (x1 - x0)).sum(1)
@@ -76,25 +69,24 @@ def record_path_terms(records: list) -> None:
             records.append((start.sigma, end.sigma, grad.cpu(), sig.cpu(), div.cpu(), new.detach().cpu().clone(),
                             at_pushed.cpu(), off_norm.cpu()))
             return new
+        return propose_path
 
-        cls.propose_path = wrapped
+    wrap_pack_method("dng_core.run", "_StepInputs", "path_point", wrap_point)
+    wrap_pack_method("dng_core.posterior", "PosteriorTracker", "propose_path", wrap_propose)
 
 
 def record_kernel_steps(records: list) -> None:
     """Wrap the pack's kernel-estimator proposal (its result unchanged) to record, per step, sigma, sigma' and
     each image's log p before and after the step (stochastic samplers' cells: no path terms there)."""
-    for module in pack_copies("dng_core.posterior"):
-        cls = module.PosteriorTracker
-        original = getattr(cls, "_unwrapped_propose", cls.propose)
-        cls._unwrapped_propose = original
-
-        def wrapped(self, x, x_next, d_neg, d_u, sigma, sigma_next, _original=original):
-            new = _original(self, x, x_next, d_neg, d_u, sigma, sigma_next)
+    def wrap(original):
+        def propose(self, x, x_next, d_neg, d_u, sigma, sigma_next):
+            new = original(self, x, x_next, d_neg, d_u, sigma, sigma_next)
             records.append((float(sigma), float(sigma_next), self.log_p.detach().cpu().clone(),
                             new.detach().cpu().clone()))
             return new
+        return propose
 
-        cls.propose = wrapped
+    wrap_pack_method("dng_core.posterior", "PosteriorTracker", "propose", wrap)
 
 
 def _kernel_lines(records: list, change: torch.Tensor, order: torch.Tensor, top: torch.Tensor,

@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import environment, per_image_change, set_posterior_fields, write_point_study  # noqa: E402
-from benchmarks.defaults_grid import OUT, Point, _Runner, node_defaults  # noqa: E402
+from benchmarks.defaults_grid import OUT, Point, _Runner, is_deterministic, node_defaults  # noqa: E402
 from benchmarks.probe_streams import set_probe_seed  # noqa: E402
 from benchmarks.removal_tail import record_commits  # noqa: E402
 from dng_core import PosteriorConfig  # noqa: E402
@@ -52,7 +52,6 @@ CLASS_PRIOR = 0.1  # each digit's share of the training data (MNIST's 0s: 9.9 %;
 EXACT_READING = {"prior": CLASS_PRIOR, "temperature": 1.0, "offset": 0.0, "p_min": 1e-9, "p_max": 0.999999,
                  "prune_concepts": False}
 SECOND_PROBE_SEED = 777
-STOCHASTIC_SAMPLERS = ("euler_ancestral", "dpmpp_2m_sde")  # the grid's samplers that add noise
 
 
 def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
@@ -174,10 +173,10 @@ def logit(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def estimator_used(cell: str, estimator: str) -> str:
-    """The estimator ``auto`` resolves to on the cell's sampler (the grid's stochastic samplers are ancestral)."""
+    """The estimator ``auto`` resolves to on the cell's sampler."""
     if estimator != "auto":
         return estimator
-    return "kernel" if cell.split("/")[1] in STOCHASTIC_SAMPLERS else "path"
+    return "path" if is_deterministic(cell.split("/")[1]) else "kernel"
 
 
 def analyse(cell: str, seed: int, lambda0s: Sequence[float] = (), estimator: str = "auto") -> list[str]:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, Bench, digit_prompt, environment, log, per_image_change, split_at_steps  # noqa: E402
+from benchmarks.common import (RESULTS, Bench, digit_prompt, environment, log, mean_se,  # noqa: E402
+                               per_image_change, split_at_steps)
 from benchmarks.defaults_grid import N_UNRELATED, UNRELATED  # noqa: E402
 from devtools.dng_defaults import dng_node_defaults  # noqa: E402
 from dng_core.transmission import ode_to_sde_gain_ratio  # noqa: E402
@@ -127,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             kw = {"n": args.n, "seed": args.seed}
             ref = bench.run(window_prompt(args.model, sampler, w, push=False, **kw)).samples
             pushed = bench.run(window_prompt(args.model, sampler, w, push=True, **kw)).samples
-            change = per_image_change(pushed, ref)
-            rows.append({"sampler": sampler, "window": list(w), "change": float(change.mean()),
-                         "se": float(change.std() / change.numel() ** 0.5)})
+            change, se = mean_se(per_image_change(pushed, ref).tolist())
+            rows.append({"sampler": sampler, "window": list(w), "change": change, "se": se})
             log(f"{args.model} {sampler} {w}: {rows[-1]['change']:.4f} +- {rows[-1]['se']:.4f}")
     out.with_suffix(".json").write_text(json.dumps({"env": environment(), "model": args.model, "n": args.n,
                                                     "seed": args.seed, "sigmas": schedule(bench, args.model, args.seed),

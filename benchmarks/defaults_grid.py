@@ -597,9 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells:
         cells = [(c.split("/")[0], c.split("/")[1], int(c.split("/")[2])) for c in args.cells]
     overrides: dict[str, Any] = {}
+    choices = {k for k, v in default_settings().items() if isinstance(v, str)}  # the combo inputs
     for item in args.dng:
         k, v = item.split("=", 1)
-        overrides[k] = v if k in ("posterior_variance", "posterior_form", "evidence") else float(v)
+        overrides[k] = v if k in choices else float(v)
     if args.list:
         for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales):
             print(p.key)

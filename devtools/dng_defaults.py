@@ -13,7 +13,7 @@ from .host import REPO_ROOT
 
 def dng_node_defaults() -> dict[str, Any]:
     """Every DNG node input at its default: lambda0, prior, temperature, offset, p_min, p_max, posterior_variance,
-    posterior_form, prune_concepts (nodes/inputs.py: on), evidence, deterministic_push."""
+    posterior_form, prune_concepts (nodes/inputs.py: on), evidence, deterministic_push, stochastic_push."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from dng_core import DNGConfig
@@ -23,7 +23,7 @@ def dng_node_defaults() -> dict[str, Any]:
     return {"lambda0": c.lambda0, "prior": p.prior, "temperature": p.temperature, "offset": p.offset,
             "p_min": p.p_min, "p_max": p.p_max, "posterior_variance": p.variance.value,
             "posterior_form": p.form.value, "prune_concepts": True, "evidence": p.evidence.value,
-            "deterministic_push": c.deterministic_push.value}
+            "deterministic_push": c.deterministic_push.value, "stochastic_push": c.stochastic_push.value}
 
 
 def chain_concepts(prompt: dict, conditionings: list[dict], labels: list[str], lambda0s: list[float] | None = None,

@@ -28,14 +28,14 @@ from .posterior import (MAX_RATE, PAPER_MODE, EvidencePath, PosteriorConfig, Pos
 from .run import (LAMBDA0_MAX, DNGConfig, DNGRun, GuidedRun, NegativePromptRun, RunContinuation, SLDRun, StepAligner,
                   tensor_fingerprint)
 from .trace import GuidanceTrace, StepRecord
-from .transmission import DeterministicPush, ode_to_sde_gain_ratio
+from .transmission import DeterministicPush, StochasticPush, ode_to_sde_gain_ratio
 
 __all__ = [
     "ConceptPruner", "DeterministicPush", "PruningPolicy", "EvidencePath", "MAX_RATE", "PAPER_MODE", "PathPoint", "PosteriorForm",
     "compose_increment", "path_log_odds_change",
     "DNGConfig", "DNGRun", "GuidanceTrace", "GuidedRun", "LAMBDA0_MAX", "NegativePromptRun", "Parametrisation",
     "PlottingUnavailable", "PosteriorConfig", "PosteriorTracker", "PosteriorVariance", "ReverseKernel",
-    "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "TraceHistory",
+    "RunContinuation", "SLDConfig", "SLDRun", "SLDState", "SLD_PRESETS", "StepAligner", "StepRecord", "StochasticPush", "TraceHistory",
     "TraceLookup", "combine_guidance", "guidance_scale", "negative_prompting", "plot_message", "plot_trace",
     "ode_to_sde_gain_ratio", "posterior_increment", "reverse_kernel", "sld_denoised", "sld_step", "tensor_fingerprint",
 ]

@@ -38,7 +38,7 @@ from .path import (PathPoint, clamp_offset, divergence_difference, divergence_no
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import DeterministicPush, check_data_scale, ode_to_sde_gain_ratio
+from .transmission import DeterministicPush, StochasticPush, check_data_scale, late_push_cut, ode_to_sde_gain_ratio
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -58,10 +58,13 @@ class DNGConfig:
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     #: the push's scaling on deterministic samplers (dng_core.transmission); only in the ``rate`` form
     deterministic_push: DeterministicPush = DeterministicPush.MATCHED
+    #: where the push acts on stochastic samplers (dng_core.transmission); only in the ``rate`` form
+    stochastic_push: StochasticPush = StochasticPush.FULL
 
     def __post_init__(self) -> None:
         check_scale_args("lambda0", self.lambda0, LAMBDA0_MAX)
         object.__setattr__(self, "deterministic_push", DeterministicPush(self.deterministic_push))
+        object.__setattr__(self, "stochastic_push", StochasticPush(self.stochastic_push))
 
     @property
     def max_scale(self) -> float:
@@ -72,11 +75,16 @@ class DNGConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {"lambda0": self.lambda0, **self.posterior.as_dict(),
-                "deterministic_push": self.deterministic_push.value}
+                "deterministic_push": self.deterministic_push.value, "stochastic_push": self.stochastic_push.value}
 
     def scales_push(self, stochastic_sampler: bool | None) -> bool:
         """Whether a run on this sampler scales its push by T(sigma): deterministic samplers in the rate form."""
         return (self.deterministic_push is DeterministicPush.MATCHED and stochastic_sampler is False
+                and self.posterior.form is PosteriorForm.RATE)
+
+    def cuts_push(self, stochastic_sampler: bool | None) -> bool:
+        """Whether a run on this sampler pushes only below 2 s (the late push): stochastic samplers, rate form."""
+        return (self.stochastic_push is StochasticPush.LATE and stochastic_sampler is True
                 and self.posterior.form is PosteriorForm.RATE)
 
 
@@ -141,7 +149,8 @@ class RunContinuation:
 
 # Run parameters that follow from the pass's sampler rather than from the user's setting: a split schedule may
 # change samplers between passes (ancestral, then deterministic) and is still one run.
-_PER_SAMPLER_PARAMS = ("variance", "variance_requested", "stochastic_sampler", "push_data_scale")
+_PER_SAMPLER_PARAMS = ("variance", "variance_requested", "stochastic_sampler", "push_data_scale",
+                       "push_cut_sigma")
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -375,6 +384,7 @@ class DNGRun(GuidedRun):
     method = "dng"
     _carried_offset: torch.Tensor | None = None
     _end_offset: torch.Tensor | None = None
+    _push_cut_sigma: float | None = None
 
     def __init__(self, config: DNGConfig, schedule: Sequence[float] | torch.Tensor, concepts: int = 1,
                  parametrisation: Parametrisation = Parametrisation.VARIANCE_EXPLODING,
@@ -396,6 +406,9 @@ class DNGRun(GuidedRun):
         self._push_scale_s = data_scale if config.scales_push(stochastic_sampler) else None
         if self._push_scale_s is not None:
             params["push_data_scale"] = self._push_scale_s
+        self._push_cut_sigma = late_push_cut(data_scale) if config.cuts_push(stochastic_sampler) else None
+        if self._push_cut_sigma is not None:
+            params["push_cut_sigma"] = self._push_cut_sigma
         lambda0s = [config.lambda0] * concepts if lambda0s is None else [float(v) for v in lambda0s]
         if len(lambda0s) != concepts:
             raise ValueError(f"lambda0s has {len(lambda0s)} values for {concepts} concepts")
@@ -561,11 +574,14 @@ class DNGRun(GuidedRun):
         return divs, noise
 
     def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
-        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push)."""
+        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push), 0
+        above sigma 2 s on a stochastic one with the late push (the posterior is still tracked there)."""
         scale = guidance_scale(log_p, self.lambda0s.to(log_p))
-        if self._push_scale_s is None:
+        if self._push_scale_s is None and self._push_cut_sigma is None:
             return scale
         sigma_ve = self.parametrisation.sigma_ve(sigma)
+        if self._push_cut_sigma is not None:
+            return scale if sigma_ve <= self._push_cut_sigma else torch.zeros_like(scale)
         return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):

@@ -498,3 +498,44 @@ def test_only_the_rest_of_the_schedule_continues_a_run() -> None:
     ended.finish(xe)
     assert ended.continuation().last_sigma == 0.0
     assert not DNGRun(CONFIG, [0.0, 0.0]).continue_from(ended.continuation(), BATCH)  # ended at 0: nothing to continue
+
+
+@pytest.mark.parametrize("data_scale", [1.0, 0.5])
+def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(data_scale: float) -> None:
+    """stochastic_push 'late': on a stochastic sampler the scale is 0 above sigma = 2 s and lambda0 p / (1 - p) at
+    and below it, while the posterior is tracked all along; a deterministic sampler, an unknown one and the paper's
+    form are not cut (their runs equal the full push's exactly)."""
+    from dng_core import StochasticPush
+    from dng_core.posterior import guidance_scale
+
+    rate = DNGConfig(40.0, PosteriorConfig(prior=0.2, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95),
+                     deterministic_push="raw")
+    late = replace(rate, stochastic_push=StochasticPush.LATE)
+    assert late.as_dict()["stochastic_push"] == "late" and rate.as_dict()["stochastic_push"] == "full"
+
+    def sample(config, stochastic):
+        run = DNGRun(config, SCHEDULE, stochastic_sampler=stochastic, data_scale=data_scale)
+        x, _, _ = sample_dpmpp_2s_ancestral(make_denoiser(run, ToyModel()), _x0(), SCHEDULE, seed=3)
+        run.finish(x)
+        return x, run.trace
+
+    _, trace = sample(late, True)
+    cut = 2.0 * data_scale
+    assert trace.params["push_cut_sigma"] == cut
+    scales, p = trace.series("scale"), trace.series("p")
+    above = [i for i, s in enumerate(SCHEDULE[:-1]) if s > cut]
+    below = [i for i, s in enumerate(SCHEDULE[:-1]) if s <= cut]
+    assert above and below
+    assert torch.count_nonzero(scales[above]) == 0
+    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0, dtype=torch.float64))
+    torch.testing.assert_close(scales[below], expected, rtol=1e-9, atol=0)
+    assert (scales[below] > 0).all()
+    assert not torch.allclose(p[above[-1]], torch.full_like(p[0], 0.2)), "the posterior is tracked during the cut"
+
+    for stochastic, config in ((False, rate), (None, rate), (True, replace(rate, posterior=replace(
+            rate.posterior, form="paper", offset=1e-3)))):
+        x_full, full = sample(config, stochastic)
+        x_late, cut_run = sample(replace(config, stochastic_push=StochasticPush.LATE), stochastic)
+        assert "push_cut_sigma" not in cut_run.params
+        torch.testing.assert_close(x_late, x_full, rtol=0, atol=0)
+        torch.testing.assert_close(cut_run.series("scale"), full.series("scale"), rtol=0, atol=0)

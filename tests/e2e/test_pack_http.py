@@ -39,7 +39,7 @@ CATEGORIES = {
 }
 # The secondary knobs, folded away where the host supports advanced inputs
 _DNG_ADVANCED = {"offset", "p_min", "p_max", "posterior_variance", "posterior_form", "prune_concepts", "evidence",
-                 "deterministic_push"}
+                 "deterministic_push", "stochastic_push"}
 ADVANCED = {"DynamicNegativeGuidance": _DNG_ADVANCED, "DNGSampler": _DNG_ADVANCED, "DNGGuider": _DNG_ADVANCED,
             "DNGSafeLatentDiffusion": {"warmup", "safety_scale", "threshold", "momentum_scale", "momentum_beta"}}
 

@@ -355,3 +355,28 @@ def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt
     raw = trace_of(prompt_runner)
     assert raw.steps[0].scale[0] == pytest.approx([unscaled] * 2, rel=1e-9)
     assert torch.equal(latent_of(prompt_runner), matched) is not scaled
+
+
+@pytest.mark.parametrize("sampler, cut", [("euler_ancestral", True), ("dpmpp_2m_sde", True), ("euler", False)])
+def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(prompt_runner, pack_nodes, sampler, cut):
+    """stochastic_push 'late': on a sampler that adds noise the scale is 0 at the steps above sigma = 2 s (s: the
+    checkpoint's sigma_data, 1 for SD1.5) and lambda0 p / (1 - p) below; a deterministic sampler is not cut, its
+    image is the 'full' one's."""
+    from dng_core.posterior import guidance_scale
+
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2))
+    full = latent_of(prompt_runner).clone()
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2, stochastic_push="late"))
+    trace = trace_of(prompt_runner)
+    assert trace.params["stochastic_push"] == "late" and trace.params.get("push_cut_sigma") == (2.0 if cut else None)
+    assert torch.equal(latent_of(prompt_runner), full) is not cut
+    if not cut:
+        return
+    sigmas = [st.sigma for st in trace.steps]
+    above = [i for i, s in enumerate(sigmas) if s > 2.0]
+    below = [i for i, s in enumerate(sigmas) if s <= 2.0]
+    assert above and below, sigmas
+    scales, p = trace.series("scale"), trace.series("p")
+    assert torch.count_nonzero(scales[above]) == 0
+    torch.testing.assert_close(scales[below], guidance_scale(p[below].log(), trace.params["lambda0"]),
+                               rtol=1e-9, atol=0)

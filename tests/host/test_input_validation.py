@@ -40,6 +40,7 @@ SAMPLER_CASES = [
     ("posterior_variance bogus", {"posterior_variance": "bogus"}, {"posterior_variance"}, "bogus"),
     ("evidence bogus", {"evidence": "bogus"}, {"evidence"}, "bogus"),
     ("deterministic_push bogus", {"deterministic_push": "bogus"}, {"deterministic_push"}, "bogus"),
+    ("stochastic_push bogus", {"stochastic_push": "bogus"}, {"stochastic_push"}, "bogus"),
     ("denoise 2.0", {"denoise": 2.0}, {"denoise"}, "bigger than max"),
     ("cfg -5", {"cfg": -5.0}, {"cfg"}, "smaller than min"),
     ("seed -1", {"seed": -1}, {"seed"}, "smaller than min"),

@@ -20,10 +20,10 @@ DNG_NODES = {"DynamicNegativeGuidance", "DNGSampler", "DNGGuider"}
 def _defaults() -> list:
     c = DNGConfig()
     p = c.posterior
-    # the DNG inputs, then prune_concepts (on by default; more_concepts is a link, not a widget), then evidence and
-    # deterministic_push
+    # the DNG inputs, then prune_concepts (on by default; more_concepts is a link, not a widget), then evidence,
+    # deterministic_push and stochastic_push
     return [c.lambda0, p.prior, p.temperature, p.offset, p.p_min, p.p_max, p.variance.value, p.form.value, True,
-            p.evidence.value, c.deterministic_push.value]
+            p.evidence.value, c.deterministic_push.value, c.stochastic_push.value]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

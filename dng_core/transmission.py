@@ -37,21 +37,26 @@ What it leaves out: real data is not Gaussian. The removal of a concept that *is
 modes, which the linear response does not describe; that DNG's posterior grows where the concept forms (and
 with it lambda) is what keeps the removal (measured: benchmarks/results/defaults_grid.md).
 
-**The late push on stochastic samplers** (``StochasticPush.LATE``, node input ``stochastic_push``): no push above
-sigma = 2 s on a sampler that adds noise, the full push below. Why a push high in the noise is waste there, in two
-parts. (i) It is forgotten where it should act: by the SDE gain above, a push at sigma carries s^2 / (s^2 +
-sigma^2) of itself to the end, a fifth at sigma = 2 s, so removal rests on the pushes below ~2 s. (ii) It acts
-where it should not: on the SDE the sample's class is still being drawn there (the injected noise re-draws it), so
-the posterior's reading is weak and its false alarms are many, and an early push on an unrelated sample does not
-fade like a linear response: it changes which mode the sample falls into. Measured on the pack's digit models
-(ComfyUI 0.33.0, ``benchmarks/results/push_transmission_*.md``, ``model_posterior_*.md``,
-``ancestral_push_shape_*.md``): at sigma 2-23 an ancestral push moves the final image 1.6-3.4x further, against
-euler's same push, than T(sigma) says; euler_ancestral's posterior ranks the concept's samples with AUC 0.74-0.81 at sigma 5.4 -> 4
-and 0.87-0.92 at 3 -> 2.3 (euler's path reading: 0.91-0.97); and without the pushes above sigma 2 the unrelated
-images moved 3-5x less at equal safety. Where exactly to cut is measured, not derived: 2 s (s = 1 on the digit
-models) beat 2.5, 4 and 5.5 on mnist16's euler_ancestral cell. The price: the push acts on fewer steps, so the
-same safety needs a larger lambda0 (on the digit models about 4x the full push's). Deterministic samplers keep
-their matched push, whose scaling T(sigma) already makes early pushes weak (1/5 of the raw push at sigma 10 s).
+**The late push on stochastic samplers** (``StochasticPush.LATE``, node input ``stochastic_push``; not the
+default): no push above sigma = 2 s on a sampler that adds noise, the full push below. Why a push high in the
+noise is waste there, in two parts. (i) It is forgotten where it should act: by the SDE gain above, a push at
+sigma carries s^2 / (s^2 + sigma^2) of itself to the end, a fifth at sigma = 2 s, so removal rests on the pushes
+below ~2 s. (ii) It acts where it should not: on the SDE the sample's class is still being drawn there (the
+injected noise re-draws it), so the posterior's reading is weak and its false alarms are many, and an early push
+on an unrelated sample does not fade like a linear response: it changes which mode the sample falls into. Measured
+on the pack's digit models (ComfyUI 0.33.0, ``benchmarks/results/push_transmission_*.md``,
+``model_posterior_*.md``, ``ancestral_push_shape_*.md``, ``defaults_grid.md``): at sigma 2-23 an ancestral push
+moves the final image 1.6-3.4x further, against euler's same push, than T(sigma) says; euler_ancestral's posterior
+ranks the concept's samples with AUC 0.74-0.81 at sigma 5.4 -> 4 and 0.87-0.92 at 3 -> 2.3 (euler's path reading:
+0.91-0.97); and without the pushes above sigma 2 the unrelated images moved 6-10x less on the 16x16 model (lambda0
+1000: 0.4 % of the concept left at seed 0 with an unrelated change 0.07 of negative prompting's, where the full
+push leaves 0.2-0.6 % with 0.41-0.72) and about half as much on the 8x8 one (lambda0 300 against the full push at
+75, with as little left, every target met on euler_ancestral and dpmpp_2m_sde at 20 and 50 steps). Where exactly
+to cut is measured, not derived: 2 s (s = 1 on the digit models) beat 2.5, 4 and 5.5 on mnist16's euler_ancestral
+cell. The price: the push acts on fewer steps, so the same safety needs a larger lambda0 (on the digit models
+about 4x the full push's), which is why it is not the default: the node's one lambda0 serves the deterministic
+samplers' matched push at 75. Deterministic samplers keep that push, whose scaling T(sigma) already makes early
+pushes weak (1/5 of the raw push at sigma 10 s).
 """
 
 from __future__ import annotations
@@ -81,8 +86,9 @@ class StochasticPush(str, enum.Enum):
     """Where DNG pushes on a sampler that adds noise (named after the node input ``stochastic_push``).
 
     ``FULL`` (default): at every noise level, as the paper does; ``LATE``: only at sigma <= 2 s (``late_push_cut``;
-    module docstring: the same safety at a larger lambda0, with 3-5x less change to unrelated images on the pack's
-    digit models). Deterministic samplers, samplers that can't be told, and the paper's exact mode are never cut."""
+    module docstring: the same safety at a ~4x larger lambda0 on the pack's digit models, with 2-10x less change
+    to unrelated images). Deterministic samplers, samplers that can't be told, and the paper's exact mode are
+    never cut."""
 
     FULL = "full"
     LATE = "late"

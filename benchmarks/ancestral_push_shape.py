@@ -19,6 +19,8 @@ NP and SLD rows of the same cell and seed.
 ``--warmup-sigma S`` instead drops the push above S and keeps it whole below: with S 2.5, where the ancestral
 posterior starts to separate, mnist16 euler_ancestral meets every target but FD_clf (its removal floor) at seed 0,
 lambda0 300 (docs/step_invariance.md, Session 17). ``--sampler``/``--steps`` run digits8's other stochastic cells.
+With S 2 it is what the node input ``stochastic_push`` ``late`` does on the digit models (sigma_data 1) since
+session 18; the grid runs that through the node (``defaults_grid.py --dng stochastic_push=late``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --seed 0 --lambda0s 150 300  # ~6 min a lambda0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --warmup-sigma 2.5 --lambda0s 300

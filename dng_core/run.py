@@ -43,7 +43,10 @@ from .transmission import DeterministicPush, StochasticPush, check_data_scale, l
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
 
-LAMBDA0_MAX = 1000.0
+# The node inputs' largest lambda0 (and negative prompting's largest scale). The late push on stochastic samplers
+# (stochastic_push 'late') needs about 4x the default's lambda0 on the 8x8 digit model and 1000+ on the 16x16 one
+# (docs/step_invariance.md, Session 18), so 1000 (before session 18) left no room above it.
+LAMBDA0_MAX = 3000.0
 
 StepListener = Callable[["GuidedRun", StepRecord], None]
 #: probe(x_probe) -> (D_u(x_probe), [D_neg_k(x_probe)]): the unguided predictions at another state, same sigma

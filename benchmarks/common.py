@@ -200,11 +200,12 @@ def set_posterior_fields(**fields: Any) -> None:
 
 
 def point_study_args(description: str, default_cell: str = "mnist16/euler/20", default_seed: int = 1
-                     ) -> tuple[str, int, float, float, str]:
+                     ) -> tuple[str, int, float, dict[str, Any], str]:
     """The command line of the one-point studies (unrelated_tail, removal_tail): ``--cell``, ``--seed``,
-    ``--lambda0`` (default: the node default) and ``--offset-trust`` (default: dng_core's; not a node input).
-    Returns (cell, seed, lambda0, offset_trust, the results file's tag: "" at the defaults, else e.g.
-    "_lambda150_trust0")."""
+    ``--lambda0`` (default: the node default), ``--offset-trust`` (default: dng_core's; not a node input) and
+    ``--dng KEY=VALUE`` for the node's combo inputs (e.g. ``stochastic_push=late``). Returns (cell, seed, lambda0,
+    the DNG overrides for ``defaults_grid._Runner`` (``offset_trust`` always, the rest as given), the results
+    file's tag: "" at the defaults, else e.g. "_lambda150_trust0_stochastic_push-late")."""
     import argparse
 
     from dng_core import DNGConfig, PosteriorConfig
@@ -215,13 +216,20 @@ def point_study_args(description: str, default_cell: str = "mnist16/euler/20", d
     ap.add_argument("--lambda0", type=float, default=None, help="default: the node default")
     ap.add_argument("--offset-trust", type=float, default=None,
                     help="PosteriorConfig.offset_trust (not a node input; default: dng_core's); 0: no bound")
+    ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="a node combo input other than its default, e.g. stochastic_push=late")
     args = ap.parse_args()
     lambda0 = DNGConfig().lambda0 if args.lambda0 is None else args.lambda0
     default_trust = PosteriorConfig().offset_trust
     trust = default_trust if args.offset_trust is None else args.offset_trust
     tag = "" if args.lambda0 is None else f"_lambda{lambda0:g}"
     tag += "" if trust == default_trust else f"_trust{trust:g}"
-    return args.cell, args.seed, lambda0, trust, tag
+    overrides: dict[str, Any] = {"offset_trust": trust}
+    for item in args.dng:
+        key, value = item.split("=", 1)
+        overrides[key] = value
+        tag += f"_{key}-{value}"
+    return args.cell, args.seed, lambda0, overrides, tag
 
 
 def write_point_study(prefix: str, cell: str, seed: int, tag: str, lines: list[str]) -> None:

@@ -109,9 +109,10 @@ def _kernel_lines(records: list, change: torch.Tensor, order: torch.Tensor, top:
     return lines
 
 
-def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[str]:
+def analyse(cell: str, seed: int, lambda0: float, overrides: dict) -> list[str]:
+    offset_trust = overrides["offset_trust"]
     model, sampler, steps = cell.split("/")
-    runner = _Runner(OUT, {"offset_trust": offset_trust})  # loads the pack (offset_trust: patched into its runs)
+    runner = _Runner(OUT, overrides)  # loads the pack (offset_trust: patched into its runs)
     records: list = []
     record_path_terms(records)
     kernel_records: list = []
@@ -157,8 +158,8 @@ def analyse(cell: str, seed: int, lambda0: float, offset_trust: float) -> list[s
 
 
 def main() -> None:
-    cell, seed, lambda0, trust, tag = point_study_args(__doc__.splitlines()[0])
-    write_point_study("unrelated_tail", cell, seed, tag, analyse(cell, seed, lambda0, trust))
+    cell, seed, lambda0, overrides, tag = point_study_args(__doc__.splitlines()[0])
+    write_point_study("unrelated_tail", cell, seed, tag, analyse(cell, seed, lambda0, overrides))
 
 
 if __name__ == "__main__":

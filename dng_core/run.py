@@ -38,7 +38,8 @@ from .path import (PathPoint, clamp_offset, divergence_difference, divergence_no
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import DeterministicPush, StochasticPush, check_data_scale, late_push_cut, ode_to_sde_gain_ratio
+from .transmission import (DeterministicPush, StochasticPush, bound_push, check_data_scale, late_push_cut,
+                           ode_to_sde_gain_ratio)
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -596,6 +597,8 @@ class DNGRun(GuidedRun):
             inputs.offset = self._carried_offset.to(x)
         log_p, observed = self._log_p_at(x, sigma, inputs)
         scale = self._scale(log_p, sigma)
+        if self._push_cut_sigma is not None:  # the late push, held within sigma (dng_core.transmission.bound_push)
+            scale = bound_push(scale, d_u, d_negs, float(self.parametrisation.sigma_ve(sigma)))
         out = _combine(d_u, d_pos, d_negs, scale, cfg_scale)
         predicted = [d is not None for d in d_negs]
         inputs.scale = _zero_unpredicted(scale, predicted).detach().clone()
@@ -609,6 +612,8 @@ class DNGRun(GuidedRun):
     def _inner_call(self, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         scale = self._pending.scale if self._pending is not None else self._scale(
             torch.stack([t.log_p for t in self.trackers]), sigma) if self.trackers else None
+        if self._pending is None and scale is not None and self._push_cut_sigma is not None:
+            scale = bound_push(scale, d_u, d_negs, float(self.parametrisation.sigma_ve(sigma)))
         return _combine(d_u, d_pos, d_negs, scale, cfg_scale)
 
     def _commit(self, cand: _Candidate) -> None:

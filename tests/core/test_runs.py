@@ -502,8 +502,8 @@ def test_only_the_rest_of_the_schedule_continues_a_run() -> None:
 
 @pytest.mark.parametrize("data_scale", [1.0, 0.5])
 def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(data_scale: float) -> None:
-    """stochastic_push 'late': on a stochastic sampler the scale is 0 above sigma = 2 s and lambda0 p / (1 - p) at
-    and below it, while the posterior is tracked all along; a deterministic sampler, an unknown one and the paper's
+    """stochastic_push 'late': on a stochastic sampler the scale is 0 above sigma = 2 s and (within the push bound)
+    lambda0 p / (1 - p) at and below it, while the posterior is tracked all along; a deterministic sampler, an unknown one and the paper's
     form are not cut (their runs equal the full push's exactly)."""
     from dng_core import StochasticPush
     from dng_core.posterior import guidance_scale
@@ -528,8 +528,9 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
     assert above and below
     assert torch.count_nonzero(scales[above]) == 0
     expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0, dtype=torch.float64))
-    torch.testing.assert_close(scales[below], expected, rtol=1e-9, atol=0)
-    assert (scales[below] > 0).all()
+    # at most lambda0 p / (1 - p): less only where bound_push holds the push within sigma (tested below)
+    assert (scales[below] <= expected * (1 + 1e-9)).all() and (scales[below] > 0).all()
+    assert torch.isclose(scales[below], expected, rtol=1e-9, atol=0).any()
     assert not torch.allclose(p[above[-1]], torch.full_like(p[0], 0.2)), "the posterior is tracked during the cut"
 
     for stochastic, config in ((False, rate), (None, rate), (True, replace(rate, posterior=replace(
@@ -539,3 +540,20 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
         assert "push_cut_sigma" not in cut_run.params
         torch.testing.assert_close(x_late, x_full, rtol=0, atol=0)
         torch.testing.assert_close(cut_run.series("scale"), full.series("scale"), rtol=0, atol=0)
+
+
+def test_bound_push_holds_each_concepts_push_within_sigma() -> None:
+    """The late push's bound on a case with a known answer: D_neg - D_u of RMS c per image, so the largest
+    lambda is sigma / c (c 0.1: 15, above the scale 10, kept); smaller scales, unpredicted concepts (None) and a zero direction are left as they are."""
+    from dng_core.transmission import bound_push
+
+    d_u = torch.zeros(4, 1, 2, 2, dtype=torch.float64)
+    c = torch.tensor([2.0, 0.5, 0.0, 0.1], dtype=torch.float64).view(4, 1, 1, 1)
+    d_neg = d_u + c * torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=torch.float64).view(1, 1, 2, 2)  # RMS c
+    scale = torch.tensor([[10.0, 10.0, 10.0, 10.0], [7.0, 7.0, 7.0, 7.0]], dtype=torch.float64)
+    out = bound_push(scale, d_u, [d_neg, None], sigma=1.5)
+    torch.testing.assert_close(out[0], torch.tensor([0.75, 3.0, 10.0, 10.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(out[1], scale[1], rtol=0, atol=0)
+    pushed = (out[0].view(4, 1, 1, 1) * (d_neg - d_u)).flatten(1).pow(2).mean(1).sqrt()
+    assert (pushed[[0, 1, 3]] <= 1.5 * (1 + 1e-12)).all()
+    assert torch.equal(scale, torch.tensor([[10.0, 10.0, 10.0, 10.0], [7.0, 7.0, 7.0, 7.0]], dtype=torch.float64))  # not in place

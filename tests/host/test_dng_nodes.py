@@ -360,7 +360,7 @@ def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt
 @pytest.mark.parametrize("sampler, cut", [("euler_ancestral", True), ("dpmpp_2m_sde", True), ("euler", False)])
 def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(prompt_runner, pack_nodes, sampler, cut):
     """stochastic_push 'late': on a sampler that adds noise the scale is 0 at the steps above sigma = 2 s (s: the
-    checkpoint's sigma_data, 1 for SD1.5) and lambda0 p / (1 - p) below; a deterministic sampler is not cut, its
+    checkpoint's sigma_data, 1 for SD1.5) and at most lambda0 p / (1 - p) below; a deterministic sampler is not cut, its
     image is the 'full' one's."""
     from dng_core.posterior import guidance_scale
 
@@ -378,5 +378,6 @@ def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(promp
     assert above and below, sigmas
     scales, p = trace.series("scale"), trace.series("p")
     assert torch.count_nonzero(scales[above]) == 0
-    torch.testing.assert_close(scales[below], guidance_scale(p[below].log(), trace.params["lambda0"]),
-                               rtol=1e-9, atol=0)
+    # lambda0 p / (1 - p), or less where the push is held within sigma (dng_core.transmission.bound_push)
+    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"])
+    assert (scales[below] <= unbounded * (1 + 1e-9)).all() and (scales[below] > 0).all()

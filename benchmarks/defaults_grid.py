@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from benchmarks.common import RESULTS, interpolate_at  # noqa: E402
+from dng_core import DNGConfig  # noqa: E402
 from dng_core.posterior import PosteriorConfig  # noqa: E402
 
 OUT = RESULTS / "defaults_grid"
@@ -67,6 +68,9 @@ METHODS = ("plain", "dng", "np", "sld")
 #: dng_core's bound on the one-sided evidence's offset (PosteriorConfig.offset_trust; not a node input): recorded in
 #: each DNG row's dng_params, so rows measured before it existed (no bound) keep their own key
 CORE_OFFSET_TRUST = PosteriorConfig().offset_trust
+#: dng_core's late push gain (DNGConfig.late_push_gain; not a node input): recorded like offset_trust, so the late
+#: push's rows measured before it existed (gain 1) keep their own key
+CORE_LATE_PUSH_GAIN = DNGConfig().late_push_gain
 #: ``--dng`` keys that are dng_core PosteriorConfig fields, not node inputs (patched into the pack's runs)
 CORE_FIELDS = ("offset_trust",)
 MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
@@ -117,12 +121,19 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     (``evidence`` was ``sampled`` before it existed; ``deterministic_push`` was ``raw`` on deterministic samplers,
     and does nothing on the others; ``offset_trust``, dng_core's PosteriorConfig.offset_trust, not a node input,
     was 0, no bound, before session 15; it acts on the path estimator with non-sampled evidence only, the
-    deterministic samplers' at the defaults, so elsewhere it is not named)."""
+    deterministic samplers' at the defaults, so elsewhere it is not named; ``stochastic_push`` was ``full`` before
+    it existed and the late push's ``late_push_gain``, dng_core's DNGConfig.late_push_gain, not a node input, was 1
+    before session 20; neither acts on deterministic samplers, and the gain acts with the late push only, so there
+    they are not named)."""
     defaults = default_settings()
-    then = {**defaults, "evidence": "sampled", "offset_trust": 0.0,
-            **{k: v for k, v in params.items() if k != "lambda0"}}
+    then = {**defaults, "evidence": "sampled", "offset_trust": 0.0, "stochastic_push": "full",
+            "late_push_gain": 1.0, **{k: v for k, v in params.items() if k != "lambda0"}}
     if "deterministic_push" not in params and sampler is not None and is_deterministic(sampler):
         then["deterministic_push"] = "raw"
+    if sampler is not None and is_deterministic(sampler):  # the late push never acts there
+        then["stochastic_push"] = defaults["stochastic_push"]
+    if then["stochastic_push"] != "late" or (sampler is not None and is_deterministic(sampler)):
+        then["late_push_gain"] = defaults["late_push_gain"]
     reads_offset = then.get("evidence") != "sampled" and (
         sampler is None or is_deterministic(sampler) or then.get("posterior_variance") == "path")
     if not reads_offset:  # the bound acts on the path estimator's offset only: nothing to tell apart elsewhere
@@ -158,8 +169,9 @@ def node_defaults() -> dict[str, Any]:
 
 
 def default_settings() -> dict[str, Any]:
-    """What a DNG row's key is named against: the node defaults (lambda0 aside) and dng_core's offset bound."""
-    return {**node_defaults(), "offset_trust": CORE_OFFSET_TRUST}
+    """What a DNG row's key is named against: the node defaults (lambda0 aside), dng_core's offset bound and the
+    late push's gain."""
+    return {**node_defaults(), "offset_trust": CORE_OFFSET_TRUST, "late_push_gain": CORE_LATE_PUSH_GAIN}
 
 
 def wilson_upper(k: int, n: int, z: float = 1.96) -> float:

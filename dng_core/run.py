@@ -38,8 +38,8 @@ from .path import (PathPoint, clamp_offset, divergence_difference, divergence_no
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import (DeterministicPush, StochasticPush, bound_push, check_data_scale, late_push_cut,
-                           ode_to_sde_gain_ratio)
+from .transmission import (LATE_PUSH_GAIN, DeterministicPush, StochasticPush, bound_push, check_data_scale,
+                           late_push_cut, ode_to_sde_gain_ratio)
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -63,23 +63,30 @@ class DNGConfig:
     #: the push's scaling on deterministic samplers (dng_core.transmission); only in the ``rate`` form
     deterministic_push: DeterministicPush = DeterministicPush.MATCHED
     #: where the push acts on stochastic samplers (dng_core.transmission); only in the ``rate`` form
-    stochastic_push: StochasticPush = StochasticPush.FULL
+    stochastic_push: StochasticPush = StochasticPush.LATE
+    #: the late push's multiple of lambda0 (dng_core.transmission.LATE_PUSH_GAIN; not a node input)
+    late_push_gain: float = LATE_PUSH_GAIN
 
     def __post_init__(self) -> None:
         check_scale_args("lambda0", self.lambda0, LAMBDA0_MAX)
         object.__setattr__(self, "deterministic_push", DeterministicPush(self.deterministic_push))
         object.__setattr__(self, "stochastic_push", StochasticPush(self.stochastic_push))
+        if not (isinstance(self.late_push_gain, (int, float)) and math.isfinite(self.late_push_gain)
+                and self.late_push_gain > 0):
+            raise ValueError(f"late_push_gain must be a finite number > 0, got {self.late_push_gain!r}")
 
     @property
     def max_scale(self) -> float:
         """The largest lambda the clamp allows: lambda0 p_max / (1 - p_max), before a deterministic sampler's push
-        scaling T(sigma) (dng_core.transmission), which is at most 2."""
+        scaling T(sigma) (dng_core.transmission), which is at most 2, and the late push's gain on a stochastic
+        one (``late_push_gain``, whose push is held within sigma)."""
         p = self.posterior.p_max
         return self.lambda0 * p / (1.0 - p)
 
     def as_dict(self) -> dict[str, Any]:
         return {"lambda0": self.lambda0, **self.posterior.as_dict(),
-                "deterministic_push": self.deterministic_push.value, "stochastic_push": self.stochastic_push.value}
+                "deterministic_push": self.deterministic_push.value, "stochastic_push": self.stochastic_push.value,
+                "late_push_gain": self.late_push_gain}
 
     def scales_push(self, stochastic_sampler: bool | None) -> bool:
         """Whether a run on this sampler scales its push by T(sigma): deterministic samplers in the rate form."""
@@ -87,7 +94,8 @@ class DNGConfig:
                 and self.posterior.form is PosteriorForm.RATE)
 
     def cuts_push(self, stochastic_sampler: bool | None) -> bool:
-        """Whether a run on this sampler pushes only below 2 s (the late push): stochastic samplers, rate form."""
+        """Whether a run on this sampler pushes only below 2 s, at late_push_gain x lambda0 (the late push):
+        stochastic samplers, rate form."""
         return (self.stochastic_push is StochasticPush.LATE and stochastic_sampler is True
                 and self.posterior.form is PosteriorForm.RATE)
 
@@ -578,15 +586,20 @@ class DNGRun(GuidedRun):
         return divs, noise
 
     def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
-        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push), 0
-        above sigma 2 s on a stochastic one with the late push (the posterior is still tracked there)."""
-        scale = guidance_scale(log_p, self.lambda0s.to(log_p))
+        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push); on
+        a stochastic one with the late push 0 above sigma 2 s (the posterior is still tracked there) and
+        late_push_gain x lambda0 p / (1 - p) below (held within sigma by the caller, ``bound_push``)."""
+        lambda0s = self.lambda0s.to(log_p)
         if self._push_scale_s is None and self._push_cut_sigma is None:
-            return scale
+            return guidance_scale(log_p, lambda0s)
         sigma_ve = self.parametrisation.sigma_ve(sigma)
         if self._push_cut_sigma is not None:
-            return scale if sigma_ve <= self._push_cut_sigma else torch.zeros_like(scale)
-        return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
+            # the gain multiplies lambda0 before the division, so lambda0 75 here is bit-identical to a gain-1 run
+            # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
+            if sigma_ve > self._push_cut_sigma:
+                return torch.zeros_like(guidance_scale(log_p, lambda0s))
+            return guidance_scale(log_p, lambda0s * self.config.late_push_gain)
+        return guidance_scale(log_p, lambda0s) * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         probed = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None

@@ -83,9 +83,10 @@ def dng_inputs() -> list[io.Input]:
                        tooltip="Strength of the negative guidance (paper's lambda0). The scale applied at each "
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
                                "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
-                               "On the pack's digit model the default removed the concept on ancestral, SDE and "
-                               "deterministic samplers at 20 and 50 steps (deterministic ones with "
-                               "deterministic_push 'matched'; at most 0.75 % of it left, on 50-step euler_ancestral). "
+                               "On the pack's 8x8 digit model the default removed the concept on ancestral, SDE "
+                               "and deterministic samplers at 20 and 50 steps (at most 0.2 % of it left; "
+                               "deterministic samplers with deterministic_push 'matched', samplers that add noise "
+                               "with stochastic_push 'late', which uses 6 x lambda0 below sigma 2 s). "
                                + VERIFIED_ON + " 0 turns the negative guidance off."),
         # step 1e-4: the frontend snaps a value to a multiple of the step (3e-4 would become the minimum at 0.001)
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
@@ -159,16 +160,16 @@ def evidence_inputs() -> list[io.Input]:
         io.Combo.Input("stochastic_push", options=[v.value for v in StochasticPush],
                        default=_DEFAULTS.stochastic_push.value, optional=True, **advanced(),
                        tooltip="Where the guidance acts on samplers that add noise (euler_ancestral, "
-                               "dpmpp_2m_sde, ...). 'full' (default, the paper): at every noise level. 'late': "
-                               "only below sigma = 2 s (s: the model's sigma_data, 1 for SD and flow models), "
-                               "where the sample's class is decided; a push above it is mostly forgotten by the "
-                               "sampler's noise and, when a false alarm, moves images without the concept. Held "
-                               "within the noise level, so a large lambda0 does not destroy images. Needs "
-                               "a larger lambda0 for the same removal: on the pack's 8x8 digit model 300 instead "
-                               "of 75 met every target on euler_ancestral and dpmpp_2m_sde at 20 and 50 steps "
-                               "and changed unrelated images about half as much (the 16x16 one needed 1000; "
-                               "benchmarks/results/defaults_grid.md). Deterministic samplers and posterior_form 'paper' are never "
-                               "cut. Not verified on Stable Diffusion."),
+                               "dpmpp_2m_sde, ...). 'late' (default): only below sigma = 2 s (s: the model's "
+                               "sigma_data, 1 for SD and flow models), where the sample's class is decided, at 6 x "
+                               "lambda0 and held within the noise level; a push above it is mostly forgotten by "
+                               "the sampler's noise and, when a false alarm, moves images without the concept. "
+                               "'full' (the paper): at every noise level, at lambda0. On the pack's 8x8 digit "
+                               "model (euler_ancestral and dpmpp_2m_sde, 20 and 50 steps) 'late' at lambda0 75 "
+                               "was as safe as 'full' and changed unrelated images 1.1-1.5x less; on the 16x16 "
+                               "one as safe, with 8-9x less change (benchmarks/results/defaults_grid.md). "
+                               "Deterministic samplers and posterior_form 'paper' are never cut. Not verified on "
+                               "Stable Diffusion."),
     ]
 
 

@@ -45,7 +45,8 @@ def _run(evidence: str, lambda0: float, schedule: list[float], overlap: float, s
     # without the trust radius, which guards denoisers that do depend on x (tests/core/test_offset_trust.py)
     config = DNGConfig(lambda0, PosteriorConfig(prior=prior, temperature=1.0, offset=0.0, p_min=1e-6,
                                                 p_max=0.999, max_rate=0.0, evidence=evidence, offset_trust=0.0),
-                       deterministic_push="raw")  # the scales below are lambda0 p / (1 - p): the push unscaled
+                       deterministic_push="raw", stochastic_push="full")  # the scales below are lambda0 p / (1 - p):
+    # the push unscaled and at every noise level (these schedules lie above the late push's cut, 2 s)
     run = DNGRun(config, schedule, stochastic_sampler=stochastic)
     a, b = _vectors(overlap)
     d_u = torch.zeros(SHAPE, dtype=torch.float64)
@@ -168,7 +169,7 @@ def test_one_sided_evidence_decides_per_image_and_concept() -> None:
     posteriors = {}
     for evidence in ("one_sided", "unguided", "uncorrected"):
         config = DNGConfig(1.0, PosteriorConfig(prior=0.05, temperature=1.0, offset=0.0, p_min=1e-6, p_max=0.999,
-                                                max_rate=0.0, evidence=evidence))
+                                                max_rate=0.0, evidence=evidence), stochastic_push="full")
         run = DNGRun(config, schedule, concepts=2, stochastic_sampler=True)
         d_u = torch.zeros(SHAPE, dtype=torch.float64)
         x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * schedule[0]

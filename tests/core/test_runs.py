@@ -502,16 +502,20 @@ def test_only_the_rest_of_the_schedule_continues_a_run() -> None:
 
 @pytest.mark.parametrize("data_scale", [1.0, 0.5])
 def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(data_scale: float) -> None:
-    """stochastic_push 'late': on a stochastic sampler the scale is 0 above sigma = 2 s and (within the push bound)
-    lambda0 p / (1 - p) at and below it, while the posterior is tracked all along; a deterministic sampler, an unknown one and the paper's
-    form are not cut (their runs equal the full push's exactly)."""
+    """stochastic_push 'late' (the default): on a stochastic sampler the scale is 0 above sigma = 2 s and (within
+    the push bound) late_push_gain x lambda0 p / (1 - p) at and below it, while the posterior is tracked all along;
+    a deterministic sampler, an unknown one and the paper's form are not cut (their runs equal the full push's
+    exactly)."""
     from dng_core import StochasticPush
     from dng_core.posterior import guidance_scale
+    from dng_core.transmission import LATE_PUSH_GAIN
 
     rate = DNGConfig(40.0, PosteriorConfig(prior=0.2, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95),
-                     deterministic_push="raw")
+                     deterministic_push="raw", stochastic_push="full")
     late = replace(rate, stochastic_push=StochasticPush.LATE)
+    assert DNGConfig().stochastic_push is StochasticPush.LATE and DNGConfig().late_push_gain == LATE_PUSH_GAIN == 6.0
     assert late.as_dict()["stochastic_push"] == "late" and rate.as_dict()["stochastic_push"] == "full"
+    assert late.as_dict()["late_push_gain"] == LATE_PUSH_GAIN
 
     def sample(config, stochastic):
         run = DNGRun(config, SCHEDULE, stochastic_sampler=stochastic, data_scale=data_scale)
@@ -527,8 +531,8 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
     below = [i for i, s in enumerate(SCHEDULE[:-1]) if s <= cut]
     assert above and below
     assert torch.count_nonzero(scales[above]) == 0
-    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0, dtype=torch.float64))
-    # at most lambda0 p / (1 - p): less only where bound_push holds the push within sigma (tested below)
+    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0 * LATE_PUSH_GAIN, dtype=torch.float64))
+    # at most gain x lambda0 p / (1 - p): less only where bound_push holds the push within sigma (tested below)
     assert (scales[below] <= expected * (1 + 1e-9)).all() and (scales[below] > 0).all()
     assert torch.isclose(scales[below], expected, rtol=1e-9, atol=0).any()
     assert not torch.allclose(p[above[-1]], torch.full_like(p[0], 0.2)), "the posterior is tracked during the cut"
@@ -540,6 +544,31 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
         assert "push_cut_sigma" not in cut_run.params
         torch.testing.assert_close(x_late, x_full, rtol=0, atol=0)
         torch.testing.assert_close(cut_run.series("scale"), full.series("scale"), rtol=0, atol=0)
+
+
+def test_the_late_push_gain_multiplies_lambda0_exactly() -> None:
+    """lambda0 L with the late push's gain G is the same run, bit for bit, as lambda0 G L with gain 1 (the gain
+    multiplies lambda0 before anything else), so the defaults grid can compare rows of either kind; with gain 1 at
+    L the run differs. A gain that is not a finite number > 0 is refused."""
+    from dng_core.transmission import LATE_PUSH_GAIN
+
+    base = DNGConfig(12.5, PosteriorConfig(prior=0.05, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95))
+
+    def sample(config):
+        run = DNGRun(config, SCHEDULE, stochastic_sampler=True, data_scale=1.0)
+        x, _, _ = sample_dpmpp_2s_ancestral(make_denoiser(run, ToyModel()), _x0(), SCHEDULE, seed=5)
+        run.finish(x)
+        return x, run.trace.series("scale")
+
+    x_gain, s_gain = sample(base)
+    x_one, s_one = sample(replace(base, lambda0=12.5 * LATE_PUSH_GAIN, late_push_gain=1.0))
+    torch.testing.assert_close(x_gain, x_one, rtol=0, atol=0)
+    torch.testing.assert_close(s_gain, s_one, rtol=0, atol=0)
+    x_low, _ = sample(replace(base, late_push_gain=1.0))
+    assert not torch.equal(x_low, x_gain)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="late_push_gain"):
+            replace(base, late_push_gain=bad)
 
 
 def test_bound_push_holds_each_concepts_push_within_sigma() -> None:

@@ -359,16 +359,20 @@ def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt
 
 @pytest.mark.parametrize("sampler, cut", [("euler_ancestral", True), ("dpmpp_2m_sde", True), ("euler", False)])
 def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(prompt_runner, pack_nodes, sampler, cut):
-    """stochastic_push 'late': on a sampler that adds noise the scale is 0 at the steps above sigma = 2 s (s: the
-    checkpoint's sigma_data, 1 for SD1.5) and at most lambda0 p / (1 - p) below; a deterministic sampler is not cut, its
-    image is the 'full' one's."""
+    """stochastic_push 'late' (the default): on a sampler that adds noise the scale is 0 at the steps above sigma =
+    2 s (s: the checkpoint's sigma_data, 1 for SD1.5) and at most 6 x lambda0 p / (1 - p) below (the late push's
+    gain), equal to it somewhere; a deterministic sampler is not cut, its image is the 'full' one's."""
     from dng_core.posterior import guidance_scale
+    from dng_core.transmission import LATE_PUSH_GAIN
 
-    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2))
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2, stochastic_push="full"))
     full = latent_of(prompt_runner).clone()
-    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2, stochastic_push="late"))
+    late = dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2)
+    del late["10"]["inputs"]["stochastic_push"]  # the input left out: the node's default, late
+    run_ok(prompt_runner, late)
     trace = trace_of(prompt_runner)
     assert trace.params["stochastic_push"] == "late" and trace.params.get("push_cut_sigma") == (2.0 if cut else None)
+    assert trace.params["late_push_gain"] == LATE_PUSH_GAIN == 6.0
     assert torch.equal(latent_of(prompt_runner), full) is not cut
     if not cut:
         return
@@ -378,6 +382,7 @@ def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(promp
     assert above and below, sigmas
     scales, p = trace.series("scale"), trace.series("p")
     assert torch.count_nonzero(scales[above]) == 0
-    # lambda0 p / (1 - p), or less where the push is held within sigma (dng_core.transmission.bound_push)
-    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"])
+    # gain x lambda0 p / (1 - p), or less where the push is held within sigma (dng_core.transmission.bound_push)
+    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * LATE_PUSH_GAIN)
     assert (scales[below] <= unbounded * (1 + 1e-9)).all() and (scales[below] > 0).all()
+    assert torch.isclose(scales[below], unbounded.to(scales), rtol=1e-9, atol=0).any()

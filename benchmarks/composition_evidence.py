@@ -1,9 +1,10 @@
 """The evidence readings on the shapes model: today's default against the previous one, paired, one process.
 
 ``composition.py`` measured DNG at the defaults of its day (the paper's ``sampled`` evidence, lambda0 120); the
-node default is now ``one_sided`` at lambda0 75 (``dng_core.posterior.EvidencePath``). This runs, per sampler and
-case, from one seed: plain sampling, DNG at today's node defaults, DNG at the previous default (evidence sampled,
-lambda0 120, every other input at today's default) and negative prompting at scale 3 (the unrelated change's
+node default is now ``one_sided`` at lambda0 75 (``dng_core.posterior.EvidencePath``), with the late push on
+samplers that add noise. This runs, per sampler and case, from one seed: plain sampling, DNG at today's node
+defaults, the same with the full push, DNG at the previous default (evidence sampled, lambda0 120, the full push,
+every other input at today's default) and negative prompting at scale 3 (the unrelated change's
 yardstick, as in composition.md). Cases as in composition.py: **related** ("red circle and blue square" minus
 "red circle": red circles shown, blue squares kept) and **unrelated** ("blue square" minus "red circle": mean
 |x - x_plain| and its fraction of NP 3's).
@@ -31,10 +32,14 @@ from benchmarks.composition import CASES, CFG, SAMPLERS, STEPS, ShapesScorer, sc
 
 NP_SCALE = 3.0
 #: label -> (method, params): the previous default keeps every other input at today's default
+#: (sessions 9-19's default, the full push on samplers that add noise, and the one before it, sampled at 120, push the
+#: full way too; on deterministic samplers the push setting does nothing, so a part run before session 20 there
+#: has no ``dng_full_push`` row: it would equal ``dng_default``)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {}),
     "dng_default": ("dng", {}),
-    "dng_previous_default": ("dng", {"evidence": "sampled", "lambda0": 120.0}),
+    "dng_full_push": ("dng", {"stochastic_push": "full"}),
+    "dng_previous_default": ("dng", {"evidence": "sampled", "lambda0": 120.0, "stochastic_push": "full"}),
     "np3": ("np", {"scale": NP_SCALE}),
 }
 PARTS = RESULTS / "composition_evidence_parts"
@@ -73,8 +78,11 @@ def run(samplers: list[str], n: int, seed: int) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     lines = ["# The evidence readings on the shapes model", "",
              f"Host: ComfyUI {', '.join(sorted({r['host'] for r in rows}))}; N = {rows[0]['n']}, seed "
-             f"{rows[0]['seed']}, {STEPS} steps, cfg {CFG}. Today's default: evidence one_sided, lambda0 75; the "
-             "previous default: evidence sampled, lambda0 120 (other inputs at today's defaults). "
+             f"{rows[0]['seed']}, {STEPS} steps, cfg {CFG}. Today's default: evidence one_sided, lambda0 75, "
+             "on samplers that add noise the late push (stochastic_push late, 6 x lambda0 below sigma 2); "
+             "dng_full_push: the same with the push at every noise level (the default of sessions 9-19); the "
+             "previous default: evidence sampled, lambda0 120, the full push (other inputs at today's defaults). "
+             "On euler the push setting does nothing (no dng_full_push row: it equals dng_default). "
              "Written by `benchmarks/composition_evidence.py`.", "",
              "| sampler | method | related: red circles shown (%) | blue squares kept (%) | unrelated: change vs "
              "plain | fraction of NP 3's |", "|---|---|---|---|---|---|"]
@@ -82,6 +90,8 @@ def markdown(rows: list[dict]) -> str:
         np_change = next(r["change_vs_plain"] for r in rows if r["sampler"] == sampler and r["case"] == "unrelated"
                          and r["label"] == "np3")
         for label in METHODS:
+            if not any(r["sampler"] == sampler and r["label"] == label for r in rows):
+                continue  # a label this sampler's part predates (see METHODS)
             rel = next(r for r in rows if r["sampler"] == sampler and r["case"] == "related" and r["label"] == label)
             unr = next(r for r in rows if r["sampler"] == sampler and r["case"] == "unrelated" and r["label"] == label)
             lines.append(f"| {sampler} | {label} | {rel['forbidden_pct']:.1f} +- {rel['forbidden_se']:.1f} | "

@@ -20,7 +20,7 @@ NP and SLD rows of the same cell and seed.
 posterior starts to separate, mnist16 euler_ancestral meets every target but FD_clf (its removal floor) at seed 0,
 lambda0 300 (docs/step_invariance.md, Session 17). ``--sampler``/``--steps`` run digits8's other stochastic cells.
 With S 2 it is what the node input ``stochastic_push`` ``late`` does on the digit models (sigma_data 1) since
-session 18; the grid runs that through the node (``defaults_grid.py --dng stochastic_push=late``).
+session 18 (at gain 1; since session 20 it is the default, at 6 x lambda0); the trials here shape the full push.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --seed 0 --lambda0s 150 300  # ~6 min a lambda0
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ancestral_push_shape.py --warmup-sigma 2.5 --lambda0s 300
@@ -138,7 +138,8 @@ def run_trial(out: Path, model: str, seed: int, lambda0s: list[float], warmup_si
     """Run the removal and unrelated points at each lambda0 with the ancestral push shaped; rows to the json (a
     lambda0 run again replaces its rows)."""
     done = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").is_file() else []
-    runner = _Runner(OUT, {})
+    # the shapes act on the full push (the default before session 20): the late push would cut and scale it again
+    runner = _Runner(OUT, {"stochastic_push": "full"})
     points = push_shape(model)
     if warmup_sigma is None:
         shape, described = (lambda sigma: shape_at(points, sigma)), (

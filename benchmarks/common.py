@@ -203,9 +203,10 @@ def point_study_args(description: str, default_cell: str = "mnist16/euler/20", d
                      ) -> tuple[str, int, float, dict[str, Any], str]:
     """The command line of the one-point studies (unrelated_tail, removal_tail): ``--cell``, ``--seed``,
     ``--lambda0`` (default: the node default), ``--offset-trust`` (default: dng_core's; not a node input) and
-    ``--dng KEY=VALUE`` for the node's combo inputs (e.g. ``stochastic_push=late``). Returns (cell, seed, lambda0,
+    ``--dng KEY=VALUE`` for the node's combo inputs (e.g. ``stochastic_push=full``). Returns (cell, seed, lambda0,
     the DNG overrides for ``defaults_grid._Runner`` (``offset_trust`` always, the rest as given), the results
-    file's tag: "" at the defaults, else e.g. "_lambda150_trust0_stochastic_push-late")."""
+    file's tag: "" at the defaults, else e.g. "_lambda150_trust0_stochastic_push-full"; the files tagged
+    "_stochastic_push-late" are from sessions 18-19, when the late push ran at gain 1, lambda0 as given)."""
     import argparse
 
     from dng_core import DNGConfig, PosteriorConfig
@@ -217,7 +218,7 @@ def point_study_args(description: str, default_cell: str = "mnist16/euler/20", d
     ap.add_argument("--offset-trust", type=float, default=None,
                     help="PosteriorConfig.offset_trust (not a node input; default: dng_core's); 0: no bound")
     ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="a node combo input other than its default, e.g. stochastic_push=late")
+                    help="a node combo input other than its default, e.g. stochastic_push=full")
     args = ap.parse_args()
     lambda0 = DNGConfig().lambda0 if args.lambda0 is None else args.lambda0
     default_trust = PosteriorConfig().offset_trust
@@ -225,10 +226,14 @@ def point_study_args(description: str, default_cell: str = "mnist16/euler/20", d
     tag = "" if args.lambda0 is None else f"_lambda{lambda0:g}"
     tag += "" if trust == default_trust else f"_trust{trust:g}"
     overrides: dict[str, Any] = {"offset_trust": trust}
+    from devtools.dng_defaults import dng_node_defaults
+
+    defaults = dng_node_defaults()
     for item in args.dng:
         key, value = item.split("=", 1)
         overrides[key] = value
-        tag += f"_{key}-{value}"
+        if str(defaults.get(key)) != value:  # the tag names what differs from today's node defaults
+            tag += f"_{key}-{value}"
     return args.cell, args.seed, lambda0, overrides, tag
 
 

@@ -33,6 +33,7 @@ states are already native.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,13 @@ class Parametrisation(str, enum.Enum):
             one = torch.ones_like(sigma)
             return one, sigma, torch.rsqrt(1.0 + sigma * sigma)
         return 1.0 - sigma, sigma, torch.ones_like(sigma)
+
+    def sigma_from_ve(self, sigma_ve: float) -> float:
+        """The inverse of ``sigma_ve``: the model's own noise level (sigma, or t = s / (1 + s) for rectified flow)
+        of the variance-exploding level ``sigma_ve``."""
+        if self is Parametrisation.VARIANCE_EXPLODING:
+            return float(sigma_ve)
+        return float(sigma_ve) / (1.0 + float(sigma_ve)) if math.isfinite(sigma_ve) else 1.0
 
     def sigma_ve(self, sigma: float) -> float:
         """The variance-exploding noise level of the state at ``sigma``: sigma itself, or t / (1 - t) for

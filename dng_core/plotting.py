@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 
@@ -53,13 +54,32 @@ def plot_message(message: str, width: int = 768, height: int = 512) -> np.ndarra
     return _pixels(fig, dpi)
 
 
+#: the shade of the steps where the late push does not act (stochastic_push 'late')
+PUSH_CUT_SHADE = "#dfe7f1"
+
+
+def _mark_push_cut(ax: Any, trace: GuidanceTrace, steps: np.ndarray) -> None:
+    """Shade the steps above the late push's cut (the trace's ``push_cut_model_sigma``), where DNG tracks p but
+    does not push, and say so: a flat lambda of 0 there is the setting, not a guidance that never ran."""
+    cut = trace.params.get("push_cut_model_sigma")
+    if cut is None:
+        return
+    above = [i for i, st in zip(steps, trace.steps) if st.sigma > cut]
+    if not above:
+        return
+    ax.axvspan(min(above) - 0.5, max(above) + 0.5, color=PUSH_CUT_SHADE, zorder=0, linewidth=0)
+    ax.text(max(above) + 0.4, 0.97, "no push above sigma 2 s\n(stochastic_push late)",
+            transform=ax.get_xaxis_transform(), ha="right", va="top", fontsize=7, color="#555555")
+
+
 def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, height: int = 512,
                title: str | None = None, notice: str | None = None) -> np.ndarray:
     """Render ``trace`` to a uint8 array [height, width, 3].
 
     One subplot for the guidance scale and, for DNG, one for the posterior p_t; one curve per batch element
     (and per concept when there are several, labelled with the trace's concept labels); steps at which a
-    concept was pruned (not predicted) carry hollow grey markers. ``log_scale`` puts the y axes on a log scale
+    concept was pruned (not predicted) carry hollow grey markers; with the late push, the steps above its cut are
+    shaded on the scale panel (no push there). ``log_scale`` puts the y axes on a log scale
     (values <= 0 are drawn at the axis floor). ``notice`` and the trace's own notes are written above the plot in
     red (e.g. "this is not the run that made your LATENT", "the guidance never ran").
     """
@@ -101,6 +121,8 @@ def plot_trace(trace: GuidanceTrace, log_scale: bool = False, width: int = 768, 
                 handles, names = ax.get_legend_handles_labels()
                 keep = [i for i, n in enumerate(names) if n.startswith("pruned")]
                 ax.legend([handles[i] for i in keep], [names[i] for i in keep], fontsize=7, loc="best")
+        if key == "scale" and steps.size:
+            _mark_push_cut(ax, trace, steps)
         if log_scale:
             ax.set_yscale("log")
         ax.set_ylabel(label, fontsize=8)

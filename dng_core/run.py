@@ -421,6 +421,8 @@ class DNGRun(GuidedRun):
         self._push_cut_sigma = late_push_cut(data_scale) if config.cuts_push(stochastic_sampler) else None
         if self._push_cut_sigma is not None:
             params["push_cut_sigma"] = self._push_cut_sigma
+            # the same cut as the sampler's own sigma (the trace's steps carry it): where plots mark the cut
+            params["push_cut_model_sigma"] = Parametrisation(parametrisation).sigma_from_ve(self._push_cut_sigma)
         lambda0s = [config.lambda0] * concepts if lambda0s is None else [float(v) for v in lambda0s]
         if len(lambda0s) != concepts:
             raise ValueError(f"lambda0s has {len(lambda0s)} values for {concepts} concepts")

@@ -37,3 +37,23 @@ def test_without_matplotlib_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # `import matplotlib.figure` now fails
     with pytest.raises(PlottingUnavailable, match="requirements.txt"):
         plot_trace(_trace())
+
+
+def test_the_steps_above_the_late_push_cut_are_shaded():
+    """A trace with the late push's cut (params push_cut_model_sigma) shades the scale panel's steps above it
+    (sigma 10 and 9 of 10, 9, 8, with the cut at 8.5); without the cut, or with every step below it, nothing is."""
+    from dng_core.plotting import PUSH_CUT_SHADE
+
+    rgb = np.array([int(PUSH_CUT_SHADE[i:i + 2], 16) for i in (1, 3, 5)])
+
+    def shaded(trace) -> int:
+        px = plot_trace(trace, width=400, height=300).astype(int)
+        return int((np.abs(px - rgb).sum(-1) <= 6).sum())
+
+    assert shaded(_trace()) < 50  # a few anti-aliased pixels of other colours come close
+    cut = _trace()
+    cut.params["push_cut_model_sigma"] = 8.5
+    assert shaded(cut) > 2000
+    below = _trace()
+    below.params["push_cut_model_sigma"] = 20.0
+    assert shaded(below) < 50

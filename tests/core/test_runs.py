@@ -525,7 +525,10 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
 
     _, trace = sample(late, True)
     cut = 2.0 * data_scale
-    assert trace.params["push_cut_sigma"] == cut
+    assert trace.params["push_cut_sigma"] == cut and trace.params["push_cut_model_sigma"] == cut  # VE: the same
+    from dng_core import Parametrisation
+    rf = Parametrisation.RECTIFIED_FLOW
+    assert rf.sigma_from_ve(cut) == pytest.approx(cut / (1 + cut)) and rf.sigma_ve(rf.sigma_from_ve(cut)) == pytest.approx(cut)
     scales, p = trace.series("scale"), trace.series("p")
     above = [i for i, s in enumerate(SCHEDULE[:-1]) if s > cut]
     below = [i for i, s in enumerate(SCHEDULE[:-1]) if s <= cut]

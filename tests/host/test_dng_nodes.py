@@ -373,6 +373,7 @@ def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(promp
     trace = trace_of(prompt_runner)
     assert trace.params["stochastic_push"] == "late" and trace.params.get("push_cut_sigma") == (2.0 if cut else None)
     assert trace.params["late_push_gain"] == LATE_PUSH_GAIN == 6.0
+    assert trace.params.get("push_cut_model_sigma") == (2.0 if cut else None)  # SD1.5: variance-exploding
     assert torch.equal(latent_of(prompt_runner), full) is not cut
     if not cut:
         return

@@ -166,6 +166,7 @@ class StepEvents:
                                      "concepts": run.concepts,
                                      "concept_labels": run.params.get("concept_labels"),
                                      "total_steps": run.total_steps, "continues": run.continues is not None,
+                                     "push_cut_model_sigma": run.params.get("push_cut_model_sigma"),
                                      "steps": earlier})
 
     def __call__(self, run: GuidedRun, record: StepRecord) -> None:

@@ -78,12 +78,23 @@ function lineColor(lines, i, concepts) {
   return COLORS[(concepts > 1 ? lines.concept[i] : i) % COLORS.length];
 }
 
-function drawPanel(ctx, lines, x, y, w, h, label, maxStep, concepts) {
+function drawPanel(ctx, lines, x, y, w, h, label, maxStep, concepts, cutSteps = []) {
   ctx.save();
   ctx.fillStyle = "rgba(0,0,0,0.35)";
   ctx.fillRect(x, y, w, h);
   ctx.strokeStyle = "rgba(255,255,255,0.25)";
   ctx.strokeRect(x, y, w, h);
+  if (cutSteps.length) {
+    // the late push (stochastic_push 'late'): no push at these steps, so lambda is 0 there by the setting
+    const step = (w - 8) / Math.max(1, maxStep);
+    const x0 = x + 4 + step * (Math.min(...cutSteps) - 0.5);
+    const x1 = x + 4 + step * (Math.max(...cutSteps) + 0.5);
+    ctx.fillStyle = "rgba(120,150,190,0.25)";
+    ctx.fillRect(Math.max(x, x0), y, Math.min(x + w, x1) - Math.max(x, x0), h);
+    ctx.fillStyle = "#aab";
+    ctx.font = "9px sans-serif";
+    ctx.fillText("no push above sigma 2 s", x + 4, y + 23);
+  }
   let vmax = 0;
   lines.forEach((l) => l.forEach(([, v]) => { if (Number.isFinite(v)) vmax = Math.max(vmax, v); }));
   vmax = vmax > 0 ? vmax : 1;
@@ -160,12 +171,15 @@ function paint(node) {
   const hasP = p.length > 0;
   const legend = labels.length ? 12 : 0;
   const h = hasP ? (height - 8 - legend) / 2 : height - 4 - legend;
-  const a = drawPanel(ctx, scale, 1, 1, width - 2, h, run.method === "dng" ? "lambda_t" : "scale", maxStep, concepts);
+  // steps above the late push's cut (the run's push_cut_model_sigma, in the sampler's own sigma)
+  const cutSteps = run.push_cut == null ? [] : run.steps.filter((r) => r.sigma > run.push_cut).map((r) => r.step);
+  const a = drawPanel(ctx, scale, 1, 1, width - 2, h, run.method === "dng" ? "lambda_t" : "scale", maxStep, concepts,
+                      cutSteps);
   const b = hasP ? drawPanel(ctx, p, 1, 5 + h, width - 2, h, "p_t", maxStep, concepts) : { points: 0, pruned: 0 };
   if (labels.length) drawLegend(ctx, labels, 4, height - 3);
   live.drawn[node.__dngExecId ?? String(node.id)] = {
     lines: scale.length + p.length, points: a.points + b.points, pruned: a.pruned + b.pruned, labels,
-    steps: run.steps.length, lastScale: scale.map((l) => l[l.length - 1][1]),
+    steps: run.steps.length, lastScale: scale.map((l) => l[l.length - 1][1]), cutSteps: cutSteps.length,
   };
 }
 
@@ -212,7 +226,8 @@ app.registerExtension({
   setup() {
     api.addEventListener("dng.run_start", ({ detail }) => {
       const run = { method: detail.method, total_steps: detail.total_steps, steps: [...(detail.steps ?? [])],
-                    concepts: detail.concepts, concept_labels: detail.concept_labels };
+                    concepts: detail.concepts, concept_labels: detail.concept_labels,
+                    push_cut: detail.push_cut_model_sigma ?? null };
       remember(detail.node, run);
       show(detail.node, run);
     });

@@ -161,6 +161,10 @@ def test_queued_workflow_draws_the_live_curve(ui, comfy_server, rig_timings):
     assert drawn["lines"] == batch * 2  # lambda_t and p_t, one line per image
     assert drawn["points"] == batch * 2 * steps
     assert drawn["lastScale"] == pytest.approx([s for s in run["steps"][-1]["scale"][0]], rel=1e-6)
+    # euler_ancestral with the late push (the default): the steps above sigma 2 are shaded on the lambda panel
+    assert run["push_cut"] == 2.0
+    above = [s["step"] for s in run["steps"] if s["sigma"] > 2.0]
+    assert 0 < len(above) < steps and drawn["cutSteps"] == len(above)
     assert live["warnings"] == []
 
     # the trace plot's preview reached the page too

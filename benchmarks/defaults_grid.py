@@ -128,14 +128,15 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     defaults = default_settings()
     then = {**defaults, "evidence": "sampled", "offset_trust": 0.0, "stochastic_push": "full",
             "late_push_gain": 1.0, **{k: v for k, v in params.items() if k != "lambda0"}}
-    if "deterministic_push" not in params and sampler is not None and is_deterministic(sampler):
+    deterministic = sampler is not None and is_deterministic(sampler)
+    if "deterministic_push" not in params and deterministic:
         then["deterministic_push"] = "raw"
-    if sampler is not None and is_deterministic(sampler):  # the late push never acts there
+    if deterministic:  # the late push never acts there
         then["stochastic_push"] = defaults["stochastic_push"]
-    if then["stochastic_push"] != "late" or (sampler is not None and is_deterministic(sampler)):
+    if then["stochastic_push"] != "late" or deterministic:
         then["late_push_gain"] = defaults["late_push_gain"]
     reads_offset = then.get("evidence") != "sampled" and (
-        sampler is None or is_deterministic(sampler) or then.get("posterior_variance") == "path")
+        sampler is None or deterministic or then.get("posterior_variance") == "path")
     if not reads_offset:  # the bound acts on the path estimator's offset only: nothing to tell apart elsewhere
         then["offset_trust"] = defaults["offset_trust"]
     return "".join(f"/{k}={then[k]}" for k in sorted(defaults) if then[k] != defaults[k])

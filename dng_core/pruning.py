@@ -75,12 +75,22 @@ class ConceptPruner:
         self._low_steps = torch.zeros(concepts, batch, dtype=torch.long, device=device)
         self._pruned_at = torch.full((concepts, batch), -1, dtype=torch.long, device=device)
         self.prunings = 0  # times a pair was pruned (re-prunings after a re-probe included)
+        self._answered: torch.Tensor | None = None  # ``wants`` when ``predicted`` last answered
 
     def predicted(self) -> list[bool]:
         """Whether each concept is to be predicted at the next step: while any image wants it."""
+        self._answered = self.wants.clone()
         if not self.policy.enabled:
             return [True] * self.wants.shape[0]
         return self.wants.any(dim=1).tolist()
+
+    def settled_when_asked(self) -> torch.Tensor:
+        """[K, B]: the pairs that did not want their concept when ``predicted`` last answered (``wants`` now if
+        it has not answered since the last call): what decided that call's predictions, even where ``observe``
+        has changed ``wants`` since. Each answer is read once."""
+        wants = self._answered if self._answered is not None else self.wants
+        self._answered = None
+        return ~wants
 
     def observe(self, step: int, p: torch.Tensor, observed: torch.Tensor) -> None:
         """After step ``step``: p [K, B], the posterior it leaves; observed [K]: whether each concept's evidence

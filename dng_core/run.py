@@ -440,7 +440,6 @@ class DNGRun(GuidedRun):
         self.pruning = pruning if pruning is not None and pruning.enabled else None
         self._prunes = self.pruning is not None
         self.pruner: ConceptPruner | None = None
-        self._wants_at_call: torch.Tensor | None = None
         self.trackers: list[PosteriorTracker] = []
         self._confirmed_inputs: _StepInputs | None = None
 
@@ -460,10 +459,6 @@ class DNGRun(GuidedRun):
     def concepts_to_predict(self) -> list[bool]:
         if self.pruner is None:
             return [True] * self.concepts
-        # what decided this call's predictions: the trace records it as the step's ``settled`` (the step's own
-        # first call folds in the previous step's evidence first, which may make a pair want its concept again,
-        # re-probed or risen, from the next step on)
-        self._wants_at_call = self.pruner.wants.clone()
         return self.pruner.predicted()
 
     def _begin(self, x: torch.Tensor) -> None:
@@ -604,7 +599,7 @@ class DNGRun(GuidedRun):
             # the gain multiplies lambda0 before the division, so lambda0 75 here is bit-identical to a gain-1 run
             # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
             if sigma_ve > self._push_cut_sigma:
-                return torch.zeros_like(guidance_scale(log_p, lambda0s))
+                return torch.zeros_like(log_p)  # guidance_scale's shape and dtype: log_p's, [K, B]
             return guidance_scale(log_p, lambda0s * self.config.late_push_gain)
         return guidance_scale(log_p, lambda0s) * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
@@ -625,10 +620,10 @@ class DNGRun(GuidedRun):
         if (self.config.posterior.evidence in (EvidencePath.UNGUIDED, EvidencePath.ONE_SIDED) and d_pos is not None
                 and float(cfg_scale) != 1.0):
             inputs.cfg_extra = ((cfg_scale - 1.0) * (d_pos - d_u)).detach().clone()
-        wants = self._wants_at_call if self._wants_at_call is not None else (
-            self.pruner.wants if self.pruner is not None else None)
-        self._wants_at_call = None
-        settled = ~wants.clone() if wants is not None else None
+        # what decided this call's predictions, recorded as the step's ``settled`` (the step's own first call
+        # folds in the previous step's evidence first, which may make a pair want its concept again, re-probed or
+        # risen, from the next step on)
+        settled = self.pruner.settled_when_asked() if self.pruner is not None else None
         return out, _Candidate(step, sigma, (log_p, inputs, observed), _zero_unpredicted(scale, predicted),
                                log_p.exp(), predicted if self.pruner is not None else None, settled)
 

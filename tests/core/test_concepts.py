@@ -97,6 +97,19 @@ def test_pruner_bookkeeping_per_concept_and_image():
     assert pr.wants[1].tolist() == [False, True] and pr.predicted() == [True, True]
 
 
+
+def test_settled_when_asked_is_what_decided_the_last_answer():
+    # the trace's ``settled`` must be what the predictions were decided on, not ``wants`` after the step's own
+    # first call has folded in more evidence (a re-probe or a rise changes it in between)
+    pr = ConceptPruner(PruningPolicy(settle_fraction=0.1, settle_steps=1, reprobe_every=0), concepts=1, batch=2,
+                       prior=0.01)
+    pr.observe(1, torch.tensor([[1e-4, 0.2]]), torch.tensor([True]))
+    assert pr.predicted() == [True] and pr.wants.tolist() == [[False, True]]
+    pr.observe(2, torch.tensor([[0.2, 0.2]]), torch.tensor([True]))  # image 0 rose: it wants the concept again
+    assert pr.wants.tolist() == [[True, True]]
+    assert pr.settled_when_asked().tolist() == [[True, False]], "the answer was decided with image 0 settled"
+    assert pr.settled_when_asked().tolist() == [[False, False]], "each answer is read once; then wants now"
+
 def test_disabled_policy_predicts_everything():
     pr = ConceptPruner(PruningPolicy(enabled=False), concepts=3, batch=1, prior=0.01)
     pr.observe(1, torch.full((3, 1), 1e-9), torch.tensor([True] * 3))

@@ -28,3 +28,19 @@ def test_collateral_of_a_perfect_and_of_an_interleaved_ranking():
     assert share == pytest.approx(100 * 3 / 8) and line == 6.0
     # a bar that the unguided images already meet: nothing to reject
     assert min_collateral(score, zero, bar=20.0)[0] == 0.0
+
+
+def test_the_line_arm_pushes_down_to_the_last_0_a_remover_must_reach():
+    # benchmarks/hindsight_posterior.py's model:K:line arm, on the interleaved ranking above: the line is the
+    # 5th image's score, so the 4 images on top and an unrelated image level with it get p_max, the rest p_min
+    import math
+
+    from benchmarks.hindsight_posterior import over_the_line
+
+    removal = torch.log(torch.linspace(0.9, 0.05, 10).double())
+    zero = torch.zeros(10, dtype=torch.bool)
+    zero[[0, 4]] = True
+    unrelated = torch.cat([removal[[4]], removal[[5]], removal[[0]]])
+    out = over_the_line(unrelated, removal, zero, 1e-6, 0.8)
+    assert out.tolist() == pytest.approx([math.log(0.8), math.log(1e-6), math.log(0.8)])
+    assert over_the_line(removal, removal, zero, 1e-6, 0.8).exp().gt(0.5).tolist() == [True] * 5 + [False] * 5

@@ -17,8 +17,7 @@ each image's p *fixed* for the whole run and read from a source chosen here inst
   over the 0s: the confident ones get pushed far harder than the weakest one that must be reached);
 * ``model:K:line``: p_max for the images the model's posterior after step K ranks at or above the removal run's
   line (`model_posterior.min_collateral`: rejecting in that order down to it leaves <= 1 % 0s), p_min for the
-  rest: the label arm's push, on the images that posterior singles out; the unrelated run is cut at the same line.
-
+  rest: the label arm's push, on the images that posterior singles out; the unrelated run is cut at the same line;
 * ``dng``: DNG's own running posterior, every input at the node default (with ``--push-below``: DNG with no push
   above sigma on a deterministic sampler, what the late push does on the stochastic ones).
 
@@ -56,8 +55,9 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import RESULTS, log, wrap_pack_method  # noqa: E402
-from benchmarks.defaults_grid import OUT, Point, _Runner, cell_verdict  # noqa: E402
+from benchmarks.defaults_grid import MAX_FORBIDDEN, MAX_UPPER, OUT, Point, _fmt, _Runner, cell_verdict  # noqa: E402
 from benchmarks.model_posterior import logit, measure, min_collateral  # noqa: E402
+from dng_core import guidance_scale  # noqa: E402
 
 JSON = RESULTS / "hindsight_posterior.json"
 MARKDOWN = RESULTS / "hindsight_posterior.md"
@@ -73,7 +73,7 @@ def fixed_log_p(runner: _Runner, pt: Point, arm: str, p_min: float, p_max: float
     if arm == "label":
         scorer = runner.scorer(pt.model)
         zero = torch.as_tensor(scorer.predict(runner.plain_reference(pt))) == scorer.removed
-        return torch.where(zero, math.log(p_max), math.log(p_min)).double()
+        return two_level(zero, p_min, p_max)
     parts = arm.split(":")
     if parts[0] != "model" or len(parts) not in (2, 3) or parts[2:] not in ([], ["line"]):
         raise ValueError(f"--arm must be 'label', 'model:K' or 'model:K:line', got {arm!r}")
@@ -94,8 +94,12 @@ def over_the_line(log_p: torch.Tensor, removal_log_p: torch.Tensor, zero: torch.
     The line is the posterior (as log-odds) of the last image a remover rejecting the removal run's images in
     the order of ``removal_log_p`` must reject to leave <= 1 % 0s (``zero``: the classifier's verdicts)."""
     _, line = min_collateral(logit(removal_log_p), zero)
-    over = logit(log_p) >= line
-    return torch.where(over, math.log(p_max), math.log(p_min)).double()
+    return two_level(logit(log_p) >= line, p_min, p_max)
+
+
+def two_level(pushed: torch.Tensor, p_min: float, p_max: float) -> torch.Tensor:
+    """log p_max where ``pushed``, log p_min elsewhere."""
+    return torch.where(pushed, math.log(p_max), math.log(p_min)).double()
 
 
 def hold_scale(log_p: torch.Tensor | None, push_below: float | None) -> None:
@@ -137,7 +141,7 @@ def run_arm(cell: str, seed: int, arm: str, lambda0s: list[float], push_below: f
                                    "p_source": arm})
             # how many images the fixed p pushes with lambda >= 1 (before the matched push's gain)
             row["pushed_share_pct"] = None if fixed is None else 100.0 * float(
-                (lambda0 * torch.exp(fixed - torch.log1p(-fixed.exp())) >= 1.0).double().mean())
+                (guidance_scale(fixed, lambda0) >= 1.0).double().mean())
             log(f"{cell} seed {seed} {row['arm']} {case} lambda0 {lambda0:g}: forbidden {row['forbidden_pct']:.1f} % "
                 f"(upper {row['forbidden_upper95']:.2f}), change {row['mean_abs_change']}, destroyed "
                 f"{row['destroyed_pct']:.1f} % ({row['seconds']:.0f} s)")
@@ -150,10 +154,6 @@ def grid_rows(model: str, sampler: str, steps: int, seed: int) -> list[dict]:
     rows = json.loads((RESULTS / "defaults_grid.json").read_text())
     return [r for r in rows if (r["model"], r["sampler"], r["steps"], r["seed"]) == (model, sampler, steps, seed)
             and (r["method"] != "dng" or r.get("uses_defaults"))]
-
-
-def _f(v, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
 def report(rows: list[dict]) -> list[str]:
@@ -173,21 +173,21 @@ def report(rows: list[dict]) -> list[str]:
         mine = [r for r in rows if (r["model"], r["sampler"], r["steps"], r["seed"]) == (model, sampler, steps, seed)]
         arms = [("DNG (the node defaults, the grid's rows)", [r for r in base if r["method"] == "dng"])]
         arms += [(a, [r for r in mine if r["arm"] == a]) for a in dict.fromkeys(r["arm"] for r in mine)]
+        others = [r for r in base if r["method"] != "dng"]
         for arm, arm_rows in arms:
-            others = [r for r in base if r["method"] != "dng"]
             for lambda0 in sorted({r["strength"] for r in arm_rows if r["case"] == "removal"}):
                 if arm.startswith("DNG") and lambda0 not in (75.0, 105.0, 150.0, 200.0):
                     continue
                 v = cell_verdict(others + arm_rows, lambda0=lambda0)
                 pushed = {r["case"]: r.get("pushed_share_pct") for r in arm_rows if r["strength"] == lambda0}
                 removal = next(r for r in arm_rows if r["case"] == "removal" and r["strength"] == lambda0)
-                safe = v.get("forbidden_pct", 99) <= 1.0 and v.get("forbidden_upper95", 99) <= 1.5
+                safe = v.get("forbidden_pct", 99) <= MAX_FORBIDDEN and v.get("forbidden_upper95", 99) <= MAX_UPPER
                 lines.append(
                     f"| {model}/{sampler}/{steps} | {seed} | {arm} | {lambda0:g} | {v.get('forbidden_pct', 0):.1f} "
                     f"({v.get('forbidden_upper95', 0):.2f}) {'met' if safe else 'MISSED'} | "
-                    + " | ".join(_f(v.get(f"{m}_ratio_{b}")) for m in ("kl", "fd_clf") for b in ("np", "sld"))
-                    + f" | {_f(v.get('change_ratio'))} | {removal.get('destroyed_pct', 0):.1f} | "
-                    f"{_f(pushed.get('removal'), 3)} / {_f(pushed.get('unrelated'), 3)} | {removal['host']} |")
+                    + " | ".join(_fmt(v.get(f"{m}_ratio_{b}"), 2) for m in ("kl", "fd_clf") for b in ("np", "sld"))
+                    + f" | {_fmt(v.get('change_ratio'), 2)} | {removal.get('destroyed_pct', 0):.1f} | "
+                    f"{_fmt(pushed.get('removal'))} / {_fmt(pushed.get('unrelated'))} | {removal['host']} |")
     return lines
 
 

@@ -97,7 +97,6 @@ def test_pruner_bookkeeping_per_concept_and_image():
     assert pr.wants[1].tolist() == [False, True] and pr.predicted() == [True, True]
 
 
-
 def test_settled_when_asked_is_what_decided_the_last_answer():
     # the trace's ``settled`` must be what the predictions were decided on, not ``wants`` after the step's own
     # first call has folded in more evidence (a re-probe or a rise changes it in between)
@@ -109,6 +108,7 @@ def test_settled_when_asked_is_what_decided_the_last_answer():
     assert pr.wants.tolist() == [[True, True]]
     assert pr.settled_when_asked().tolist() == [[True, False]], "the answer was decided with image 0 settled"
     assert pr.settled_when_asked().tolist() == [[False, False]], "each answer is read once; then wants now"
+
 
 def test_disabled_policy_predicts_everything():
     pr = ConceptPruner(PruningPolicy(enabled=False), concepts=3, batch=1, prior=0.01)

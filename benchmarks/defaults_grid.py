@@ -123,8 +123,9 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     was 0, no bound, before session 15; it acts on the path estimator with non-sampled evidence only, the
     deterministic samplers' at the defaults, so elsewhere it is not named; ``stochastic_push`` was ``full`` before
     it existed and the late push's ``late_push_gain``, dng_core's DNGConfig.late_push_gain, not a node input, was 1
-    before session 20; neither acts on deterministic samplers, and the gain acts with the late push only, so there
-    they are not named)."""
+    before session 20; ``stochastic_push`` does not act on deterministic samplers, and the gain acts with a late
+    push only (``stochastic_push`` 'late' on the others, ``deterministic_push`` 'late', session 22, on deterministic
+    ones), so elsewhere they are not named)."""
     defaults = default_settings()
     then = {**defaults, "evidence": "sampled", "offset_trust": 0.0, "stochastic_push": "full",
             "late_push_gain": 1.0, **{k: v for k, v in params.items() if k != "lambda0"}}
@@ -133,7 +134,8 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
         then["deterministic_push"] = "raw"
     if deterministic:  # the late push never acts there
         then["stochastic_push"] = defaults["stochastic_push"]
-    if then["stochastic_push"] != "late" or deterministic:
+    late = then["deterministic_push"] == "late" if deterministic else then["stochastic_push"] == "late"
+    if not late:  # the gain acts with a late push only
         then["late_push_gain"] = defaults["late_push_gain"]
     reads_offset = then.get("evidence") != "sampled" and (
         sampler is None or deterministic or then.get("posterior_variance") == "path")

@@ -90,14 +90,18 @@ class DNGConfig:
 
     def scales_push(self, stochastic_sampler: bool | None) -> bool:
         """Whether a run on this sampler scales its push by T(sigma): deterministic samplers in the rate form."""
-        return (self.deterministic_push is DeterministicPush.MATCHED and stochastic_sampler is False
+        return (self.deterministic_push is not DeterministicPush.RAW and stochastic_sampler is False
                 and self.posterior.form is PosteriorForm.RATE)
 
     def cuts_push(self, stochastic_sampler: bool | None) -> bool:
         """Whether a run on this sampler pushes only below 2 s, at late_push_gain x lambda0 (the late push):
-        stochastic samplers, rate form."""
-        return (self.stochastic_push is StochasticPush.LATE and stochastic_sampler is True
-                and self.posterior.form is PosteriorForm.RATE)
+        stochastic samplers with stochastic_push 'late', deterministic ones with deterministic_push 'late'; rate
+        form. Samplers that can't be told (None) never are."""
+        if self.posterior.form is not PosteriorForm.RATE:
+            return False
+        if stochastic_sampler is True:
+            return self.stochastic_push is StochasticPush.LATE
+        return stochastic_sampler is False and self.deterministic_push is DeterministicPush.LATE
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
@@ -588,9 +592,10 @@ class DNGRun(GuidedRun):
         return divs, noise
 
     def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
-        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push); on
-        a stochastic one with the late push 0 above sigma 2 s (the posterior is still tracked there) and
-        late_push_gain x lambda0 p / (1 - p) below (held within sigma by the caller, ``bound_push``)."""
+        """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push); with
+        the late push (stochastic samplers' default, deterministic_push 'late') 0 above sigma 2 s (the posterior
+        is still tracked there) and late_push_gain x that below (held within sigma by the caller,
+        ``bound_push``)."""
         lambda0s = self.lambda0s.to(log_p)
         if self._push_scale_s is None and self._push_cut_sigma is None:
             return guidance_scale(log_p, lambda0s)
@@ -600,7 +605,10 @@ class DNGRun(GuidedRun):
             # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
             if sigma_ve > self._push_cut_sigma:
                 return torch.zeros_like(log_p)  # guidance_scale's shape and dtype: log_p's, [K, B]
-            return guidance_scale(log_p, lambda0s * self.config.late_push_gain)
+            scale = guidance_scale(log_p, lambda0s * self.config.late_push_gain)
+            if self._push_scale_s is None:
+                return scale
+            return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)  # deterministic_push 'late'
         return guidance_scale(log_p, lambda0s) * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):

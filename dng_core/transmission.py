@@ -67,6 +67,18 @@ target of the defaults grid met in all 8 cell-seeds at lambda0 300, 450 and 600 
 the 16x16 model's euler_ancestral cell 1.0 / 1.6 % left (full push: 0.8 / 1.7 %) with unrelated change 0.03 of
 NP's (full push: 0.24-0.30). The late push is held within sigma (``bound_push``): at the lambda it needs, an
 unbounded push destroyed 1.3-4.5 % of euler_ancestral's images on the digit models.
+
+**The late push on deterministic samplers** (``DeterministicPush.LATE``, node input ``deterministic_push``
+``late``): the same cut (2 s), gain (``late_push_gain``) and bound, on top of the matched scaling T(sigma). Why:
+part (ii) above holds on the ODE too, for a different reason. There the class is not re-drawn, but the
+posterior's reading of it is weak high in the noise (euler's path reading on the 16x16 model ranks the
+concept's samples with AUC well below its late value above sigma ~2, ``model_posterior_*.md``), so a push there
+rests on a prior-level lambda that falls on every sample alike: the matched full push on mnist16's euler cell
+removed the concept only by pushing the unrelated images as well, and a posterior that had separated could
+remove it at lambda0 1 with no side effects (``hindsight_posterior.md``). DNG's own running posterior, pushing
+only where it has separated, reached every target on that cell at 1000x lambda0 (seed 1; Session 21,
+``docs/step_invariance.md``). Unlike on the SDE, the linear model says the ODE keeps an early push (part (i)
+does not hold), so the cut costs removal that the gain must buy back; the gain is measured, not derived.
 """
 
 from __future__ import annotations
@@ -91,10 +103,14 @@ class DeterministicPush(str, enum.Enum):
     """How DNG's push is scaled on a deterministic sampler (named after the node input ``deterministic_push``).
 
     ``MATCHED`` (default): times T(sigma) (``ode_to_sde_gain_ratio``), so that a push moves the final sample as
-    far as on an ancestral sampler and one lambda0 means the same on both; ``RAW``: unscaled (before session 11).
-    Stochastic samplers, samplers that can't be told, and the paper's exact mode are never scaled."""
+    far as on an ancestral sampler and one lambda0 means the same on both; ``LATE``: the matched push only at
+    sigma <= 2 s (``late_push_cut``), at ``late_push_gain`` times lambda0 and held within sigma (``bound_push``),
+    as the stochastic samplers' late push (module docstring, "The late push on deterministic samplers"); ``RAW``:
+    unscaled (before session 11). Stochastic samplers, samplers that can't be told, and the paper's exact mode are
+    never scaled."""
 
     MATCHED = "matched"
+    LATE = "late"
     RAW = "raw"
 
 

@@ -154,7 +154,10 @@ def evidence_inputs() -> list[io.Input]:
                                "(s: the model's sigma_data, 1 for SD and flow models), so that a push moves the "
                                "final image as far as the same push on an ancestral sampler and one lambda0 "
                                "serves both (derivation: dng_core/transmission.py). Weaker than the raw push at "
-                               "high noise, up to 2x at the last steps. 'raw': unscaled. Ancestral / SDE "
+                               "high noise, up to 2x at the last steps. 'late': the matched push only below "
+                               "sigma 2 s, at 6x lambda0 and held within sigma, as stochastic_push 'late' "
+                               "(measured on the digit models: docs/step_invariance.md, Session 22). "
+                               "'raw': unscaled. Ancestral / SDE "
                                "samplers and posterior_form 'paper' are never scaled. Measured on the pack's "
                                "digit models only (benchmarks/results/defaults_grid.md)."),
         io.Combo.Input("stochastic_push", options=[v.value for v in StochasticPush],

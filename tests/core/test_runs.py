@@ -549,6 +549,57 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
         torch.testing.assert_close(cut_run.series("scale"), full.series("scale"), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("data_scale", [1.0, 0.5])
+def test_the_deterministic_late_push_is_the_matched_push_cut_at_two_data_scales(data_scale: float) -> None:
+    """deterministic_push 'late': on a deterministic sampler the scale is 0 above sigma = 2 s and, at and below it,
+    late_push_gain x lambda0 p / (1 - p) x T(sigma) (the matched scaling), held within sigma by bound_push; the
+    posterior is tracked all along. On a stochastic sampler, an unknown one and in the paper's form the option
+    does nothing (their runs equal the 'matched' / unscaled runs exactly)."""
+    from dng_core import DeterministicPush
+    from dng_core.posterior import guidance_scale
+    from dng_core.transmission import LATE_PUSH_GAIN, ode_to_sde_gain_ratio
+
+    matched = DNGConfig(0.5, PosteriorConfig(prior=0.2, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95),
+                        deterministic_push="matched", stochastic_push="full")
+    late = replace(matched, deterministic_push="late")
+    assert late.deterministic_push is DeterministicPush.LATE and late.as_dict()["deterministic_push"] == "late"
+
+    def sample(config, stochastic):
+        run = DNGRun(config, SCHEDULE, stochastic_sampler=stochastic, data_scale=data_scale)
+        if stochastic:
+            x, _, _ = sample_dpmpp_2s_ancestral(make_denoiser(run, ToyModel()), _x0(), SCHEDULE, seed=3)
+        else:
+            x, _ = sample_euler(make_denoiser(run, ToyModel()), _x0(), SCHEDULE)
+        run.finish(x)
+        return x, run.trace
+
+    _, trace = sample(late, False)
+    cut = 2.0 * data_scale
+    assert trace.params["push_cut_sigma"] == cut and trace.params["push_data_scale"] == data_scale
+    scales, p = trace.series("scale"), trace.series("p")
+    above = [i for i, s in enumerate(SCHEDULE[:-1]) if s > cut]
+    below = [i for i, s in enumerate(SCHEDULE[:-1]) if s <= cut]
+    assert above and below
+    assert torch.count_nonzero(scales[above]) == 0
+    ratio = torch.tensor([ode_to_sde_gain_ratio(SCHEDULE[i], data_scale) for i in below], dtype=torch.float64)
+    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0 * LATE_PUSH_GAIN, dtype=torch.float64))
+    expected = expected * ratio.view(-1, *([1] * (expected.dim() - 1)))
+    # at most gain x lambda0 p / (1 - p) x T: less only where bound_push holds the push within sigma
+    assert (scales[below] <= expected * (1 + 1e-9)).all() and (scales[below] > 0).all()
+    assert torch.isclose(scales[below], expected, rtol=1e-9, atol=0).any()
+    assert not torch.allclose(p[above[-1]], torch.full_like(p[0], 0.2)), "the posterior is tracked during the cut"
+    x_matched, _ = sample(matched, False)
+    assert not torch.equal(sample(late, False)[0], x_matched)
+
+    for stochastic, config in ((True, matched), (None, matched), (False, replace(matched, posterior=replace(
+            matched.posterior, form="paper", offset=1e-3)))):
+        x_ref, ref = sample(config, stochastic)
+        x_late, run = sample(replace(config, deterministic_push=DeterministicPush.LATE), stochastic)
+        assert "push_cut_sigma" not in run.params
+        torch.testing.assert_close(x_late, x_ref, rtol=0, atol=0)
+        torch.testing.assert_close(run.series("scale"), ref.series("scale"), rtol=0, atol=0)
+
+
 def test_the_late_push_gain_multiplies_lambda0_exactly() -> None:
     """lambda0 L with the late push's gain G is the same run, bit for bit, as lambda0 G L with gain 1 (the gain
     multiplies lambda0 before anything else), so the defaults grid can compare rows of either kind; with gain 1 at

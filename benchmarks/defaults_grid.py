@@ -71,6 +71,8 @@ CORE_OFFSET_TRUST = PosteriorConfig().offset_trust
 #: dng_core's late push gain (DNGConfig.late_push_gain; not a node input): recorded like offset_trust, so the late
 #: push's rows measured before it existed (gain 1) keep their own key
 CORE_LATE_PUSH_GAIN = DNGConfig().late_push_gain
+#: the same for deterministic_push 'late' (DNGConfig.deterministic_late_gain)
+CORE_DETERMINISTIC_LATE_GAIN = DNGConfig().deterministic_late_gain
 #: ``--dng`` keys that are dng_core PosteriorConfig fields, not node inputs (patched into the pack's runs)
 CORE_FIELDS = ("offset_trust",)
 MAX_FORBIDDEN, MAX_UPPER = 1.0, 1.5
@@ -123,9 +125,9 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
     was 0, no bound, before session 15; it acts on the path estimator with non-sampled evidence only, the
     deterministic samplers' at the defaults, so elsewhere it is not named; ``stochastic_push`` was ``full`` before
     it existed and the late push's ``late_push_gain``, dng_core's DNGConfig.late_push_gain, not a node input, was 1
-    before session 20; ``stochastic_push`` does not act on deterministic samplers, and the gain acts with a late
-    push only (``stochastic_push`` 'late' on the others, ``deterministic_push`` 'late', session 22, on deterministic
-    ones), so elsewhere they are not named)."""
+    before session 20; ``stochastic_push`` does not act on deterministic samplers, and the gain acts with the
+    stochastic samplers' late push only; ``deterministic_late_gain``, DNGConfig's, acts with ``deterministic_push``
+    'late' (session 22) only and was the late push's gain (6) before it existed; elsewhere they are not named)."""
     defaults = default_settings()
     then = {**defaults, "evidence": "sampled", "offset_trust": 0.0, "stochastic_push": "full",
             "late_push_gain": 1.0, **{k: v for k, v in params.items() if k != "lambda0"}}
@@ -134,9 +136,13 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
         then["deterministic_push"] = "raw"
     if deterministic:  # the late push never acts there
         then["stochastic_push"] = defaults["stochastic_push"]
-    late = then["deterministic_push"] == "late" if deterministic else then["stochastic_push"] == "late"
-    if not late:  # the gain acts with a late push only
+    if "deterministic_late_gain" not in params:  # session 22's first rows: the late push's gain then acted
+        then["deterministic_late_gain"] = then["late_push_gain"]
+    # each gain acts with its own late push only: elsewhere it is not named
+    if deterministic or then["stochastic_push"] != "late":
         then["late_push_gain"] = defaults["late_push_gain"]
+    if not deterministic or then["deterministic_push"] != "late":
+        then["deterministic_late_gain"] = defaults["deterministic_late_gain"]
     reads_offset = then.get("evidence") != "sampled" and (
         sampler is None or deterministic or then.get("posterior_variance") == "path")
     if not reads_offset:  # the bound acts on the path estimator's offset only: nothing to tell apart elsewhere
@@ -173,8 +179,9 @@ def node_defaults() -> dict[str, Any]:
 
 def default_settings() -> dict[str, Any]:
     """What a DNG row's key is named against: the node defaults (lambda0 aside), dng_core's offset bound and the
-    late push's gain."""
-    return {**node_defaults(), "offset_trust": CORE_OFFSET_TRUST, "late_push_gain": CORE_LATE_PUSH_GAIN}
+    late pushes' gains."""
+    return {**node_defaults(), "offset_trust": CORE_OFFSET_TRUST, "late_push_gain": CORE_LATE_PUSH_GAIN,
+            "deterministic_late_gain": CORE_DETERMINISTIC_LATE_GAIN}
 
 
 def wilson_upper(k: int, n: int, z: float = 1.96) -> float:

@@ -38,7 +38,7 @@ from .path import (PathPoint, clamp_offset, divergence_difference, divergence_no
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import (LATE_PUSH_GAIN, DeterministicPush, StochasticPush, bound_push, check_data_scale,
+from .transmission import (DETERMINISTIC_LATE_PUSH_GAIN, LATE_PUSH_GAIN, DeterministicPush, StochasticPush, bound_push, check_data_scale,
                            late_push_cut, ode_to_sde_gain_ratio)
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
@@ -61,19 +61,23 @@ class DNGConfig:
     lambda0: float = 75.0
     posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     #: the push's scaling on deterministic samplers (dng_core.transmission); only in the ``rate`` form
-    deterministic_push: DeterministicPush = DeterministicPush.MATCHED
+    deterministic_push: DeterministicPush = DeterministicPush.LATE
     #: where the push acts on stochastic samplers (dng_core.transmission); only in the ``rate`` form
     stochastic_push: StochasticPush = StochasticPush.LATE
     #: the late push's multiple of lambda0 (dng_core.transmission.LATE_PUSH_GAIN; not a node input)
     late_push_gain: float = LATE_PUSH_GAIN
+    #: the same on deterministic samplers with deterministic_push 'late'
+    #: (dng_core.transmission.DETERMINISTIC_LATE_PUSH_GAIN; not a node input)
+    deterministic_late_gain: float = DETERMINISTIC_LATE_PUSH_GAIN
 
     def __post_init__(self) -> None:
         check_scale_args("lambda0", self.lambda0, LAMBDA0_MAX)
         object.__setattr__(self, "deterministic_push", DeterministicPush(self.deterministic_push))
         object.__setattr__(self, "stochastic_push", StochasticPush(self.stochastic_push))
-        if not (isinstance(self.late_push_gain, (int, float)) and math.isfinite(self.late_push_gain)
-                and self.late_push_gain > 0):
-            raise ValueError(f"late_push_gain must be a finite number > 0, got {self.late_push_gain!r}")
+        for name in ("late_push_gain", "deterministic_late_gain"):
+            gain = getattr(self, name)
+            if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {gain!r}")
 
     @property
     def max_scale(self) -> float:
@@ -86,7 +90,7 @@ class DNGConfig:
     def as_dict(self) -> dict[str, Any]:
         return {"lambda0": self.lambda0, **self.posterior.as_dict(),
                 "deterministic_push": self.deterministic_push.value, "stochastic_push": self.stochastic_push.value,
-                "late_push_gain": self.late_push_gain}
+                "late_push_gain": self.late_push_gain, "deterministic_late_gain": self.deterministic_late_gain}
 
     def scales_push(self, stochastic_sampler: bool | None) -> bool:
         """Whether a run on this sampler scales its push by T(sigma): deterministic samplers in the rate form."""
@@ -594,8 +598,8 @@ class DNGRun(GuidedRun):
     def _scale(self, log_p: torch.Tensor, sigma: float) -> torch.Tensor:
         """lambda0 p / (1 - p) per concept and image, times T(sigma) on a deterministic sampler (matched push); with
         the late push (stochastic samplers' default, deterministic_push 'late') 0 above sigma 2 s (the posterior
-        is still tracked there) and late_push_gain x that below (held within sigma by the caller,
-        ``bound_push``)."""
+        is still tracked there) and late_push_gain (deterministic: deterministic_late_gain) x that below (held
+        within sigma by the caller, ``bound_push``)."""
         lambda0s = self.lambda0s.to(log_p)
         if self._push_scale_s is None and self._push_cut_sigma is None:
             return guidance_scale(log_p, lambda0s)
@@ -605,10 +609,11 @@ class DNGRun(GuidedRun):
             # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
             if sigma_ve > self._push_cut_sigma:
                 return torch.zeros_like(log_p)  # guidance_scale's shape and dtype: log_p's, [K, B]
-            scale = guidance_scale(log_p, lambda0s * self.config.late_push_gain)
             if self._push_scale_s is None:
-                return scale
-            return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)  # deterministic_push 'late'
+                return guidance_scale(log_p, lambda0s * self.config.late_push_gain)
+            # deterministic_push 'late': the matched push at its own gain
+            scale = guidance_scale(log_p, lambda0s * self.config.deterministic_late_gain)
+            return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
         return guidance_scale(log_p, lambda0s) * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):

@@ -155,7 +155,7 @@ def evidence_inputs() -> list[io.Input]:
                                "final image as far as the same push on an ancestral sampler and one lambda0 "
                                "serves both (derivation: dng_core/transmission.py). Weaker than the raw push at "
                                "high noise, up to 2x at the last steps. 'late': the matched push only below "
-                               "sigma 2 s, at 6x lambda0 and held within sigma, as stochastic_push 'late' "
+                               "sigma 2 s, at 16x lambda0 and held within sigma, as stochastic_push 'late' "
                                "(measured on the digit models: docs/step_invariance.md, Session 22). "
                                "'raw': unscaled. Ancestral / SDE "
                                "samplers and posterior_form 'paper' are never scaled. Measured on the pack's "

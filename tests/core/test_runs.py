@@ -552,17 +552,18 @@ def test_the_late_push_acts_only_below_two_data_scales_on_a_stochastic_sampler(d
 @pytest.mark.parametrize("data_scale", [1.0, 0.5])
 def test_the_deterministic_late_push_is_the_matched_push_cut_at_two_data_scales(data_scale: float) -> None:
     """deterministic_push 'late': on a deterministic sampler the scale is 0 above sigma = 2 s and, at and below it,
-    late_push_gain x lambda0 p / (1 - p) x T(sigma) (the matched scaling), held within sigma by bound_push; the
+    deterministic_late_gain x lambda0 p / (1 - p) x T(sigma) (the matched scaling), held within sigma by bound_push; the
     posterior is tracked all along. On a stochastic sampler, an unknown one and in the paper's form the option
     does nothing (their runs equal the 'matched' / unscaled runs exactly)."""
     from dng_core import DeterministicPush
     from dng_core.posterior import guidance_scale
-    from dng_core.transmission import LATE_PUSH_GAIN, ode_to_sde_gain_ratio
+    from dng_core.transmission import DETERMINISTIC_LATE_PUSH_GAIN, ode_to_sde_gain_ratio
 
     matched = DNGConfig(0.5, PosteriorConfig(prior=0.2, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95),
                         deterministic_push="matched", stochastic_push="full")
     late = replace(matched, deterministic_push="late")
     assert late.deterministic_push is DeterministicPush.LATE and late.as_dict()["deterministic_push"] == "late"
+    assert late.as_dict()["deterministic_late_gain"] == DETERMINISTIC_LATE_PUSH_GAIN != late.late_push_gain
 
     def sample(config, stochastic):
         run = DNGRun(config, SCHEDULE, stochastic_sampler=stochastic, data_scale=data_scale)
@@ -582,7 +583,7 @@ def test_the_deterministic_late_push_is_the_matched_push_cut_at_two_data_scales(
     assert above and below
     assert torch.count_nonzero(scales[above]) == 0
     ratio = torch.tensor([ode_to_sde_gain_ratio(SCHEDULE[i], data_scale) for i in below], dtype=torch.float64)
-    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0 * LATE_PUSH_GAIN, dtype=torch.float64))
+    expected = guidance_scale(p[below].log(), torch.tensor(late.lambda0 * DETERMINISTIC_LATE_PUSH_GAIN, dtype=torch.float64))
     expected = expected * ratio.view(-1, *([1] * (expected.dim() - 1)))
     # at most gain x lambda0 p / (1 - p) x T: less only where bound_push holds the push within sigma
     assert (scales[below] <= expected * (1 + 1e-9)).all() and (scales[below] > 0).all()
@@ -620,9 +621,31 @@ def test_the_late_push_gain_multiplies_lambda0_exactly() -> None:
     torch.testing.assert_close(s_gain, s_one, rtol=0, atol=0)
     x_low, _ = sample(replace(base, late_push_gain=1.0))
     assert not torch.equal(x_low, x_gain)
-    for bad in (0.0, -1.0, math.nan, math.inf):
-        with pytest.raises(ValueError, match="late_push_gain"):
-            replace(base, late_push_gain=bad)
+    for name in ("late_push_gain", "deterministic_late_gain"):
+        for bad in (0.0, -1.0, math.nan, math.inf):
+            with pytest.raises(ValueError, match=name):
+                replace(base, **{name: bad})
+
+
+def test_the_deterministic_late_gain_multiplies_lambda0_exactly() -> None:
+    """deterministic_push 'late' at lambda0 L and gain G is the same euler run, bit for bit, as lambda0 G L / 6 at
+    gain 6 (the defaults grid's session-22 rows, run at gain 6, stand for the default gain's)."""
+    from dng_core.transmission import DETERMINISTIC_LATE_PUSH_GAIN
+
+    base = DNGConfig(3.0, PosteriorConfig(prior=0.05, temperature=0.5, offset=0.5, p_min=1e-6, p_max=0.95),
+                     deterministic_push="late")
+
+    def sample(config):
+        run = DNGRun(config, SCHEDULE, stochastic_sampler=False, data_scale=1.0)
+        x, _ = sample_euler(make_denoiser(run, ToyModel()), _x0(), SCHEDULE)
+        run.finish(x)
+        return x, run.trace.series("scale")
+
+    x_gain, s_gain = sample(base)
+    x_six, s_six = sample(replace(base, lambda0=3.0 * DETERMINISTIC_LATE_PUSH_GAIN / 6.0, deterministic_late_gain=6.0))
+    torch.testing.assert_close(x_gain, x_six, rtol=0, atol=0)
+    torch.testing.assert_close(s_gain, s_six, rtol=0, atol=0)
+    assert not torch.equal(sample(replace(base, deterministic_late_gain=6.0))[0], x_gain)
 
 
 def test_bound_push_holds_each_concepts_push_within_sigma() -> None:

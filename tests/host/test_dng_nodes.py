@@ -392,10 +392,10 @@ def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(promp
 @pytest.mark.parametrize("sampler, cut", [("euler", True), ("euler_ancestral", False)])
 def test_the_deterministic_late_push_cuts_the_matched_push_at_sigma_two_s(prompt_runner, pack_nodes, sampler, cut):
     """deterministic_push 'late': on a deterministic sampler the scale is 0 above sigma = 2 s and at most
-    6 x lambda0 p / (1 - p) x T(sigma) below (the matched push at the late push's gain, held within sigma), equal to
-    it somewhere; on a sampler that adds noise the option does nothing (the image is the 'matched' one's)."""
+    deterministic_late_gain x lambda0 p / (1 - p) x T(sigma) below (the matched push at its own gain, held within
+    sigma), equal to it somewhere; on a sampler that adds noise the option does nothing (the 'matched' image)."""
     from dng_core.posterior import guidance_scale
-    from dng_core.transmission import LATE_PUSH_GAIN, ode_to_sde_gain_ratio
+    from dng_core.transmission import DETERMINISTIC_LATE_PUSH_GAIN, ode_to_sde_gain_ratio
 
     run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=64, batch_size=2, stochastic_push="full"))
     matched = latent_of(prompt_runner).clone()
@@ -403,6 +403,7 @@ def test_the_deterministic_late_push_cuts_the_matched_push_at_sigma_two_s(prompt
                                      deterministic_push="late"))
     trace = trace_of(prompt_runner)
     assert trace.params["deterministic_push"] == "late" and trace.params.get("push_cut_sigma") == (2.0 if cut else None)
+    assert trace.params["deterministic_late_gain"] == DETERMINISTIC_LATE_PUSH_GAIN
     assert torch.equal(latent_of(prompt_runner), matched) is not cut
     if not cut:
         return
@@ -413,7 +414,7 @@ def test_the_deterministic_late_push_cuts_the_matched_push_at_sigma_two_s(prompt
     scales, p = trace.series("scale"), trace.series("p")
     assert torch.count_nonzero(scales[above]) == 0
     ratio = torch.tensor([ode_to_sde_gain_ratio(sigmas[i], 1.0) for i in below], dtype=p.dtype)
-    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * LATE_PUSH_GAIN)
+    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * DETERMINISTIC_LATE_PUSH_GAIN)
     unbounded = unbounded * ratio.view(-1, *([1] * (unbounded.dim() - 1)))
     # 0 where a concept settled at the floor and was pruned (prune_concepts, on by default)
     assert (scales[below] <= unbounded.to(scales) * (1 + 1e-9)).all()

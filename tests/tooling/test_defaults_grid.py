@@ -94,3 +94,28 @@ def test_merge_builds_on_the_committed_rows_and_a_part_replaces_its_point(tmp_pa
     assert current_key(cell[0]) in by_key
     assert by_key[current_key(cell[1])]["seconds"] == -1.0
     assert (results / "defaults_grid.md").is_file()
+
+
+def test_a_rows_key_names_the_late_gain_that_acted_on_its_sampler():
+    """Each late push's gain is named only where that push acts: the stochastic samplers' gain on a stochastic
+    sampler with stochastic_push 'late', deterministic_late_gain on a deterministic one with deterministic_push
+    'late'; a deterministic 'late' row that predates deterministic_late_gain ran at the late push's gain."""
+    from benchmarks.defaults_grid import default_settings, setting_suffix
+
+    d = default_settings()
+    det, sto = d["deterministic_late_gain"], d["late_push_gain"]
+    other = det + 1.0
+    late = {**d, "deterministic_push": "late"}
+    assert setting_suffix({**late, "deterministic_late_gain": other}, "euler").endswith(
+        f"/deterministic_late_gain={other}" + ("" if d["deterministic_push"] == "late" else "/deterministic_push=late"))
+    # the deterministic gain does nothing on a stochastic sampler, the stochastic one nothing on euler
+    assert setting_suffix({**late, "deterministic_late_gain": other}, "euler_ancestral") == setting_suffix(late, "euler_ancestral")
+    assert setting_suffix({**late, "late_push_gain": sto + 1.0}, "euler") == setting_suffix(late, "euler")
+    assert f"/late_push_gain={sto + 1.0}" in setting_suffix({**d, "late_push_gain": sto + 1.0}, "euler_ancestral")
+    # before the field: the row's late push gain is what acted
+    before = {k: v for k, v in late.items() if k != "deterministic_late_gain"}
+    assert setting_suffix({**before, "late_push_gain": det}, "euler") == setting_suffix(late, "euler")
+    assert f"/deterministic_late_gain={other}" in setting_suffix({**before, "late_push_gain": other}, "euler")
+    # a deterministic row at 'matched' does not name either gain
+    matched = {**d, "deterministic_push": "matched", "deterministic_late_gain": other}
+    assert "gain" not in setting_suffix(matched, "euler")

@@ -54,7 +54,7 @@ def plot_message(message: str, width: int = 768, height: int = 512) -> np.ndarra
     return _pixels(fig, dpi)
 
 
-#: the shade of the steps where the late push does not act (stochastic_push 'late')
+#: the shade of the steps where the late push does not act (stochastic_push / deterministic_push 'late')
 PUSH_CUT_SHADE = "#dfe7f1"
 
 
@@ -68,7 +68,7 @@ def _mark_push_cut(ax: Any, trace: GuidanceTrace, steps: np.ndarray) -> None:
     if not above:
         return
     ax.axvspan(min(above) - 0.5, max(above) + 0.5, color=PUSH_CUT_SHADE, zorder=0, linewidth=0)
-    ax.text(max(above) + 0.4, 0.97, "no push above sigma 2 s\n(stochastic_push late)",
+    ax.text(max(above) + 0.4, 0.97, "no push above sigma 2 s\n(the late push)",
             transform=ax.get_xaxis_transform(), ha="right", va="top", fontsize=7, color="#555555")
 
 

@@ -84,9 +84,9 @@ def dng_inputs() -> list[io.Input]:
                                "step is lambda0 * p / (1 - p), where p is the tracked probability that the "
                                "image contains the negative concept; p starts tiny (prior), so lambda0 is large. "
                                "On the pack's 8x8 digit model the default removed the concept on ancestral, SDE "
-                               "and deterministic samplers at 20 and 50 steps (at most 0.2 % of it left; "
-                               "deterministic samplers with deterministic_push 'matched', samplers that add noise "
-                               "with stochastic_push 'late', which uses 6 x lambda0 below sigma 2 s). "
+                               "and deterministic samplers at 20 and 50 steps (at most 0.1 % of it left; "
+                               "the late push on both: below sigma 2 s only, at 6 x lambda0 on samplers that add "
+                               "noise and 16 x lambda0 on deterministic ones). "
                                + VERIFIED_ON + " 0 turns the negative guidance off."),
         # step 1e-4: the frontend snaps a value to a multiple of the step (3e-4 would become the minimum at 0.001)
         io.Float.Input("prior", default=p.prior, min=POSTERIOR_RANGES["prior"][0], max=POSTERIOR_RANGES["prior"][1],
@@ -108,8 +108,8 @@ def dng_inputs() -> list[io.Input]:
         io.Float.Input("p_max", default=p.p_max, min=POSTERIOR_RANGES["p_max"][0], max=POSTERIOR_RANGES["p_max"][1],
                        step=0.001, round=1e-6, **advanced(),
                        tooltip="Upper clamp of the posterior; bounds the scale at lambda0 * p_max / (1 - p_max) "
-                               "(300 at the defaults; on deterministic samplers with deterministic_push "
-                               "'matched' up to twice that at the last steps)."),
+                               "(300 at the defaults), times the late push's gain below sigma 2 s (6 on samplers "
+                               "that add noise, 16 x up to 2 on deterministic ones), held within sigma."),
         io.Combo.Input("posterior_variance", options=[v.value for v in PosteriorVariance],
                        default=PosteriorVariance.AUTO.value, **advanced(),
                        tooltip="The estimator of each step's evidence. 'kernel': the likelihood ratio of the "
@@ -149,17 +149,19 @@ def evidence_inputs() -> list[io.Input]:
                                "(benchmarks/results/defaults_grid.md, composition_timing.md)."),
         io.Combo.Input("deterministic_push", options=[v.value for v in DeterministicPush],
                        default=_DEFAULTS.deterministic_push.value, optional=True, **advanced(),
-                       tooltip="How the guidance is scaled on deterministic samplers (euler, dpmpp_2m, heun, "
-                               "...). 'matched' (default): by 2 s / sqrt(s^2 + sigma^2) at noise level sigma "
-                               "(s: the model's sigma_data, 1 for SD and flow models), so that a push moves the "
-                               "final image as far as the same push on an ancestral sampler and one lambda0 "
-                               "serves both (derivation: dng_core/transmission.py). Weaker than the raw push at "
-                               "high noise, up to 2x at the last steps. 'late': the matched push only below "
-                               "sigma 2 s, at 16x lambda0 and held within sigma, as stochastic_push 'late' "
-                               "(measured on the digit models: docs/step_invariance.md, Session 22). "
-                               "'raw': unscaled. Ancestral / SDE "
-                               "samplers and posterior_form 'paper' are never scaled. Measured on the pack's "
-                               "digit models only (benchmarks/results/defaults_grid.md)."),
+                       tooltip="How the guidance acts on deterministic samplers (euler, dpmpp_2m, heun, ...). "
+                               "'matched': scaled by 2 s / sqrt(s^2 + sigma^2) at noise level sigma (s: the "
+                               "model's sigma_data, 1 for SD and flow models), so that a push moves the final "
+                               "image as far as the same push on an ancestral sampler (derivation: "
+                               "dng_core/transmission.py); weaker than the raw push at high noise, up to 2x at "
+                               "the last steps. 'late' (default): the matched push only below sigma 2 s, where "
+                               "the posterior has told images with the concept from those without, at 16 x "
+                               "lambda0 and held within sigma, like stochastic_push 'late'. On the 16x16 digit "
+                               "model's euler cell it left 0.5-0.9 % of the concept where 'matched' left "
+                               "1.1-2.3 %, and changed unrelated images less; on the 8x8 one both removed it "
+                               "(docs/step_invariance.md, Session 22). 'raw': unscaled, at every noise level. "
+                               "Ancestral / SDE samplers and posterior_form 'paper' are never scaled. Measured on "
+                               "the pack's digit models only (benchmarks/results/defaults_grid.md)."),
         io.Combo.Input("stochastic_push", options=[v.value for v in StochasticPush],
                        default=_DEFAULTS.stochastic_push.value, optional=True, **advanced(),
                        tooltip="Where the guidance acts on samplers that add noise (euler_ancestral, "

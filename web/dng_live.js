@@ -85,7 +85,7 @@ function drawPanel(ctx, lines, x, y, w, h, label, maxStep, concepts, cutSteps = 
   ctx.strokeStyle = "rgba(255,255,255,0.25)";
   ctx.strokeRect(x, y, w, h);
   if (cutSteps.length) {
-    // the late push (stochastic_push 'late'): no push at these steps, so lambda is 0 there by the setting
+    // the late push (stochastic_push / deterministic_push 'late'): no push at these steps, so lambda is 0 there by the setting
     const step = (w - 8) / Math.max(1, maxStep);
     const x0 = x + 4 + step * (Math.min(...cutSteps) - 0.5);
     const x1 = x + 4 + step * (Math.max(...cutSteps) + 0.5);

@@ -70,10 +70,11 @@ def test_the_first_order_reading_is_within_trust_squared_over_two_nats_on_gaussi
 
 
 def _euler_run(offset_trust: float) -> tuple[float, float, float]:
-    """DNG (node defaults but lambda0 75 and ``offset_trust``) on the exact 1-D mixture, euler, 20 Karras steps:
-    (share of samples in the removed mode, share whose final p is at p_max, share destroyed: > 4 of their
-    mode's standard deviations from its mean)."""
-    config = DNGConfig(lambda0=75.0, posterior=PosteriorConfig(offset_trust=offset_trust))
+    """DNG (node defaults but lambda0 75, ``offset_trust`` and the push at every noise level, deterministic_push
+    'matched', the default before session 22, under which the runaway was measured) on the exact 1-D mixture,
+    euler, 20 Karras steps: (share of samples in the removed mode, share whose final p is at p_max, share
+    destroyed: > 4 of their mode's standard deviations from its mean)."""
+    config = DNGConfig(lambda0=75.0, posterior=PosteriorConfig(offset_trust=offset_trust), deterministic_push="matched")
     res = run_dng_tracked(TOY_1D, 2000, karras_sigmas(20, 0.002, 80.0), torch.Generator().manual_seed(0), config,
                           sampler=EULER)
     mix = TOY_1D.mixture

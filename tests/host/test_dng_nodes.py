@@ -336,9 +336,9 @@ def test_auto_posterior_variance_is_the_estimator_for_the_sampler(prompt_runner,
 
 @pytest.mark.parametrize("sampler, scaled", [("euler", True), ("euler_ancestral", False)])
 def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt_runner, pack_nodes, sampler, scaled):
-    """deterministic_push 'matched' (default): on a deterministic sampler the scale at sigma is lambda0 p / (1 - p)
-    times 2 s / sqrt(s^2 + sigma^2), s the checkpoint's sigma_data (1.0 for SD1.5); never on an ancestral one;
-    'raw' leaves it unscaled. Read at the first step, where p is the prior."""
+    """deterministic_push 'matched' (the plumbing tests' setting): on a deterministic sampler the scale at sigma is
+    lambda0 p / (1 - p) times 2 s / sqrt(s^2 + sigma^2), s the checkpoint's sigma_data (1.0 for SD1.5); never on
+    an ancestral one; 'raw' leaves it unscaled. Read at the first step, where p is the prior."""
     from dng_core.transmission import ode_to_sde_gain_ratio
 
     run_ok(prompt_runner, dng_prompt(sampler=sampler, seed=62, batch_size=2))

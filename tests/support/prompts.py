@@ -5,10 +5,11 @@ from __future__ import annotations
 from devtools.host import txt2img_prompt
 
 PRIOR = 0.01
-# The plumbing tests' setting (the authors' CIFAR-10 values). The push at every noise level, at lambda0, so that a
-# stochastic sampler's scale is lambda0 p / (1 - p) exactly; the late push (the node default) has its own tests.
+# The plumbing tests' setting (the authors' CIFAR-10 values). The push at every noise level, at lambda0 (times the
+# matched T(sigma) on deterministic samplers), so that the scale at the first step is known exactly; the late
+# pushes (the node defaults) have their own tests.
 DNG_DEFAULTS = {"lambda0": 5.0, "prior": PRIOR, "temperature": 0.2, "offset": 2e-4, "p_min": 1e-6, "p_max": 0.8,
-                "posterior_variance": "kernel", "stochastic_push": "full"}
+                "posterior_variance": "kernel", "stochastic_push": "full", "deterministic_push": "matched"}
 
 
 def dng_prompt(*, sampler="euler", steps=4, cfg=7.0, seed=0, batch_size=1, node="DynamicNegativeGuidance",

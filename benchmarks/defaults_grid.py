@@ -136,6 +136,8 @@ def setting_suffix(params: dict[str, Any], sampler: str | None = None) -> str:
         then["deterministic_push"] = "raw"
     if deterministic:  # the late push never acts there
         then["stochastic_push"] = defaults["stochastic_push"]
+    elif sampler is not None:  # nor the deterministic push on a sampler that adds noise
+        then["deterministic_push"] = defaults["deterministic_push"]
     if "deterministic_late_gain" not in params:  # session 22's first rows: the late push's gain then acted
         then["deterministic_late_gain"] = then["late_push_gain"]
     # each gain acts with its own late push only: elsewhere it is not named
@@ -285,7 +287,10 @@ class _Runner:
             # the class histogram of a run steered towards 7 says nothing about removal quality
             row.update(kl=None, kl_se=None, fd_clf=None)
             ref = self.plain_reference(pt)
-            row["mean_abs_change"] = float((out.samples.float() - ref.float()).abs().mean())
+            per_image = (out.samples.float() - ref.float()).abs().flatten(1).mean(1)
+            row["mean_abs_change"] = float(per_image.mean())
+            # the standard error over images (rows before session 22 have none)
+            row["change_se"] = float(per_image.std() / per_image.numel() ** 0.5)
         return row
 
 

@@ -75,7 +75,7 @@ unbounded push destroyed 1.3-4.5 % of euler_ancestral's images on the digit mode
 part (ii) above holds on the ODE too, for a different reason. There the class is not re-drawn, but the
 posterior's reading of it is weak high in the noise. On the 16x16 model's euler cell (seed 0,
 ``model_posterior_mnist16_euler_20_seed0.md``) the unrelated images whose posterior is over the line are 14 / 7 /
-2.4 % after the steps ending at sigma 3.98 / 2.98 / 2.27 and 0.2-0.4 % below, and a rejection in the posterior's
+2.4 % after the steps ending at sigma 3.98 / 2.98 / 2.27 and 0.2-0.4 % at 1.74-1.03, and a rejection in the posterior's
 order that leaves 1 % of the concept takes 27 / 28 / 19 % of the other images there against 10-13 % below. So a
 push above ~2 s falls on many samples that never hold the concept, while a posterior known to have separated
 removes it at lambda0 1 with no side effects (``hindsight_posterior.md``). DNG's own running posterior, pushing

@@ -119,3 +119,14 @@ def test_a_rows_key_names_the_late_gain_that_acted_on_its_sampler():
     # a deterministic row at 'matched' does not name either gain
     matched = {**d, "deterministic_push": "matched", "deterministic_late_gain": other}
     assert "gain" not in setting_suffix(matched, "euler")
+
+
+def test_the_deterministic_push_is_not_named_on_a_sampler_that_adds_noise():
+    """A stochastic row measured when 'matched' was the default is still a default row: deterministic_push does
+    nothing there; on euler the same row is not."""
+    from benchmarks.defaults_grid import default_settings, setting_suffix
+
+    d = default_settings()
+    other = "matched" if d["deterministic_push"] != "matched" else "raw"
+    assert setting_suffix({**d, "deterministic_push": other}, "euler_ancestral") == ""
+    assert setting_suffix({**d, "deterministic_push": other}, "euler") == f"/deterministic_push={other}"

@@ -357,12 +357,32 @@ def test_deterministic_push_scales_the_guidance_by_the_transmission_ratio(prompt
     assert torch.equal(latent_of(prompt_runner), matched) is not scaled
 
 
+def _assert_pushed_only_below_two(trace, gain: float, matched: bool) -> None:
+    """The late push on SD1.5 (s = 1, variance-exploding): scale 0 at the steps above sigma 2 and, below, at most
+    gain x lambda0 p / (1 - p) (x T(sigma) when ``matched``), equal to it somewhere: less where the push is held
+    within sigma (dng_core.transmission.bound_push), 0 where a concept settled and was pruned."""
+    from dng_core.posterior import guidance_scale
+    from dng_core.transmission import ode_to_sde_gain_ratio
+
+    sigmas = [st.sigma for st in trace.steps]
+    above = [i for i, s in enumerate(sigmas) if s > 2.0]
+    below = [i for i, s in enumerate(sigmas) if s <= 2.0]
+    assert above and below, sigmas
+    scales, p = trace.series("scale"), trace.series("p")
+    assert torch.count_nonzero(scales[above]) == 0
+    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * gain)
+    if matched:
+        ratio = torch.tensor([ode_to_sde_gain_ratio(sigmas[i], 1.0) for i in below], dtype=unbounded.dtype)
+        unbounded = unbounded * ratio.view(-1, *([1] * (unbounded.dim() - 1)))
+    assert (scales[below] <= unbounded.to(scales) * (1 + 1e-9)).all() and (scales[below] > 0).any()
+    assert torch.isclose(scales[below], unbounded.to(scales), rtol=1e-9, atol=0).any()
+
+
 @pytest.mark.parametrize("sampler, cut", [("euler_ancestral", True), ("dpmpp_2m_sde", True), ("euler", False)])
 def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(prompt_runner, pack_nodes, sampler, cut):
     """stochastic_push 'late' (the default): on a sampler that adds noise the scale is 0 at the steps above sigma =
     2 s (s: the checkpoint's sigma_data, 1 for SD1.5) and at most 6 x lambda0 p / (1 - p) below (the late push's
-    gain), equal to it somewhere; a deterministic sampler is not cut, its image is the 'full' one's."""
-    from dng_core.posterior import guidance_scale
+    gain), equal to it somewhere; a deterministic sampler is not cut by it, its image is the 'full' one's."""
     from dng_core.transmission import LATE_PUSH_GAIN
 
     run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=63, batch_size=2, stochastic_push="full"))
@@ -375,47 +395,25 @@ def test_the_late_push_acts_only_below_sigma_two_s_on_a_stochastic_sampler(promp
     assert trace.params["late_push_gain"] == LATE_PUSH_GAIN == 6.0
     assert trace.params.get("push_cut_model_sigma") == (2.0 if cut else None)  # SD1.5: variance-exploding
     assert torch.equal(latent_of(prompt_runner), full) is not cut
-    if not cut:
-        return
-    sigmas = [st.sigma for st in trace.steps]
-    above = [i for i, s in enumerate(sigmas) if s > 2.0]
-    below = [i for i, s in enumerate(sigmas) if s <= 2.0]
-    assert above and below, sigmas
-    scales, p = trace.series("scale"), trace.series("p")
-    assert torch.count_nonzero(scales[above]) == 0
-    # gain x lambda0 p / (1 - p), or less where the push is held within sigma (dng_core.transmission.bound_push)
-    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * LATE_PUSH_GAIN)
-    assert (scales[below] <= unbounded * (1 + 1e-9)).all() and (scales[below] > 0).all()
-    assert torch.isclose(scales[below], unbounded.to(scales), rtol=1e-9, atol=0).any()
+    if cut:
+        _assert_pushed_only_below_two(trace, LATE_PUSH_GAIN, matched=False)
 
 
 @pytest.mark.parametrize("sampler, cut", [("euler", True), ("euler_ancestral", False)])
 def test_the_deterministic_late_push_cuts_the_matched_push_at_sigma_two_s(prompt_runner, pack_nodes, sampler, cut):
-    """deterministic_push 'late': on a deterministic sampler the scale is 0 above sigma = 2 s and at most
-    deterministic_late_gain x lambda0 p / (1 - p) x T(sigma) below (the matched push at its own gain, held within
-    sigma), equal to it somewhere; on a sampler that adds noise the option does nothing (the 'matched' image)."""
-    from dng_core.posterior import guidance_scale
-    from dng_core.transmission import DETERMINISTIC_LATE_PUSH_GAIN, ode_to_sde_gain_ratio
+    """deterministic_push 'late' (the default): on a deterministic sampler the scale is 0 above sigma = 2 s and at
+    most deterministic_late_gain (16) x lambda0 p / (1 - p) x T(sigma) below (the matched push at its own gain,
+    held within sigma), equal to it somewhere; on a sampler that adds noise it does nothing (the 'matched' image)."""
+    from dng_core.transmission import DETERMINISTIC_LATE_PUSH_GAIN
 
-    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=64, batch_size=2, stochastic_push="full"))
+    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=64, batch_size=2))  # the plumbing's 'matched'
     matched = latent_of(prompt_runner).clone()
-    run_ok(prompt_runner, dng_prompt(sampler=sampler, steps=6, seed=64, batch_size=2, stochastic_push="full",
-                                     deterministic_push="late"))
+    late = dng_prompt(sampler=sampler, steps=6, seed=64, batch_size=2)
+    del late["10"]["inputs"]["deterministic_push"]  # the input left out: the node's default, late
+    run_ok(prompt_runner, late)
     trace = trace_of(prompt_runner)
     assert trace.params["deterministic_push"] == "late" and trace.params.get("push_cut_sigma") == (2.0 if cut else None)
-    assert trace.params["deterministic_late_gain"] == DETERMINISTIC_LATE_PUSH_GAIN
+    assert trace.params["deterministic_late_gain"] == DETERMINISTIC_LATE_PUSH_GAIN == 16.0
     assert torch.equal(latent_of(prompt_runner), matched) is not cut
-    if not cut:
-        return
-    sigmas = [st.sigma for st in trace.steps]
-    above = [i for i, s in enumerate(sigmas) if s > 2.0]
-    below = [i for i, s in enumerate(sigmas) if s <= 2.0]
-    assert above and below, sigmas
-    scales, p = trace.series("scale"), trace.series("p")
-    assert torch.count_nonzero(scales[above]) == 0
-    ratio = torch.tensor([ode_to_sde_gain_ratio(sigmas[i], 1.0) for i in below], dtype=p.dtype)
-    unbounded = guidance_scale(p[below].log(), trace.params["lambda0"] * DETERMINISTIC_LATE_PUSH_GAIN)
-    unbounded = unbounded * ratio.view(-1, *([1] * (unbounded.dim() - 1)))
-    # 0 where a concept settled at the floor and was pruned (prune_concepts, on by default)
-    assert (scales[below] <= unbounded.to(scales) * (1 + 1e-9)).all()
-    assert torch.isclose(scales[below], unbounded.to(scales), rtol=1e-9, atol=0).any()
+    if cut:
+        _assert_pushed_only_below_two(trace, DETERMINISTIC_LATE_PUSH_GAIN, matched=True)

@@ -89,9 +89,10 @@ defaults grid's 10 deterministic cell-seeds, N 1000 / 500, at 6 x lambda0 75 / 1
 0.0 % of the concept left and the unrelated change rising with the gain (0.019-0.042 / 0.029-0.059 /
 0.040-0.077 of negative prompting's; the matched push: 0.040-0.063). On the 16x16 model's euler cell the concept
 left fell with the gain: 1.3 / 0.7 / 0.5 / 0.4 % (seed 0) and 1.8 / 1.3 / 0.9 / 0.7 % (seed 1), against the
-matched push's 1.1 / 2.3 %, with the unrelated change 0.010-0.051 of NP's. 16 is the largest gain measured on
-every cell that keeps the 8x8 model's unrelated change well under its bar (0.10); 24 met every target on the
-16x16 model at seed 1 with its safety on the bar (upper bound 1.44 % of 1.5) and was not run on the 8x8 one.
+matched push's 1.1 / 2.3 %, with the unrelated change 0.010-0.051 of NP's. 16 is the largest gain measured that
+keeps the 8x8 model's unrelated change well under its bar (0.10) in every cell; at 24 it reached 0.053-0.102 (2
+of 8 cell-seeds over the bar) while the 16x16 model met every target at seed 1 with its safety on the bar (upper
+bound 1.44 % of 1.5): one gain for both models exists only on the bars.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def evidence_inputs() -> list[io.Input]:
                                "the last steps. 'late' (default): the matched push only below sigma 2 s, where "
                                "the posterior has told images with the concept from those without, at 16 x "
                                "lambda0 and held within sigma, like stochastic_push 'late'. On the 16x16 digit "
-                               "model's euler cell it left 0.5-0.9 % of the concept where 'matched' left "
+                               "model's euler cell it left 0.7-0.95 % of the concept where 'matched' left "
                                "1.1-2.3 %, and changed unrelated images less; on the 8x8 one both removed it "
                                "(docs/step_invariance.md, Session 22). 'raw': unscaled, at every noise level. "
                                "Ancestral / SDE samplers and posterior_form 'paper' are never scaled. Measured on "

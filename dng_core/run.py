@@ -38,8 +38,8 @@ from .path import (PathPoint, clamp_offset, divergence_difference, divergence_no
 from .posterior import EvidencePath, PosteriorConfig, PosteriorForm, PosteriorTracker, guidance_scale
 from .pruning import ConceptPruner, PruningPolicy
 from .trace import GuidanceTrace, StepRecord
-from .transmission import (DETERMINISTIC_LATE_PUSH_GAIN, LATE_PUSH_GAIN, DeterministicPush, StochasticPush, bound_push, check_data_scale,
-                           late_push_cut, ode_to_sde_gain_ratio)
+from .transmission import (DETERMINISTIC_LATE_PUSH_GAIN, LATE_PUSH_GAIN, DeterministicPush, StochasticPush, bound_push,
+                           check_data_scale, late_push_cut, ode_to_sde_gain_ratio)
 
 __all__ = ["DNGConfig", "StepAligner", "GuidedRun", "DNGRun", "NegativePromptRun", "SLDRun", "RunContinuation",
            "tensor_fingerprint", "LAMBDA0_MAX"]
@@ -98,9 +98,9 @@ class DNGConfig:
                 and self.posterior.form is PosteriorForm.RATE)
 
     def cuts_push(self, stochastic_sampler: bool | None) -> bool:
-        """Whether a run on this sampler pushes only below 2 s, at late_push_gain x lambda0 (the late push):
-        stochastic samplers with stochastic_push 'late', deterministic ones with deterministic_push 'late'; rate
-        form. Samplers that can't be told (None) never are."""
+        """Whether a run on this sampler pushes only below 2 s, at a gain x lambda0 (the late push): stochastic
+        samplers with stochastic_push 'late' (late_push_gain), deterministic ones with deterministic_push 'late'
+        (deterministic_late_gain); rate form. Samplers that can't be told (None) never are."""
         if self.posterior.form is not PosteriorForm.RATE:
             return False
         if stochastic_sampler is True:
@@ -427,6 +427,9 @@ class DNGRun(GuidedRun):
         if self._push_scale_s is not None:
             params["push_data_scale"] = self._push_scale_s
         self._push_cut_sigma = late_push_cut(data_scale) if config.cuts_push(stochastic_sampler) else None
+        # the late push's multiple of lambda0 (1 without it: the same bits as no multiple)
+        self._push_gain = 1.0 if self._push_cut_sigma is None else (
+            config.late_push_gain if stochastic_sampler else config.deterministic_late_gain)
         if self._push_cut_sigma is not None:
             params["push_cut_sigma"] = self._push_cut_sigma
             # the same cut as the sampler's own sigma (the trace's steps carry it): where plots mark the cut
@@ -604,17 +607,14 @@ class DNGRun(GuidedRun):
         if self._push_scale_s is None and self._push_cut_sigma is None:
             return guidance_scale(log_p, lambda0s)
         sigma_ve = self.parametrisation.sigma_ve(sigma)
-        if self._push_cut_sigma is not None:
-            # the gain multiplies lambda0 before the division, so lambda0 75 here is bit-identical to a gain-1 run
-            # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
-            if sigma_ve > self._push_cut_sigma:
-                return torch.zeros_like(log_p)  # guidance_scale's shape and dtype: log_p's, [K, B]
-            if self._push_scale_s is None:
-                return guidance_scale(log_p, lambda0s * self.config.late_push_gain)
-            # deterministic_push 'late': the matched push at its own gain
-            scale = guidance_scale(log_p, lambda0s * self.config.deterministic_late_gain)
-            return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
-        return guidance_scale(log_p, lambda0s) * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
+        if self._push_cut_sigma is not None and sigma_ve > self._push_cut_sigma:
+            return torch.zeros_like(log_p)  # guidance_scale's shape and dtype: log_p's, [K, B]
+        # the gain multiplies lambda0 before the division, so lambda0 75 at gain 6 is bit-identical to a gain-1 run
+        # at lambda0 450 (the defaults grid's rows of both kinds compare exactly)
+        scale = guidance_scale(log_p, lambda0s * self._push_gain)
+        if self._push_scale_s is None:
+            return scale
+        return scale * ode_to_sde_gain_ratio(sigma_ve, self._push_scale_s)
 
     def _first_call(self, step, x, sigma, d_u, d_pos, d_negs, cfg_scale):
         probed = self._divergences(step, x, sigma, d_u, d_negs) if self.needs_probe else None

@@ -65,6 +65,7 @@ NP_SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.75]
 SLD_SCALES = [0.2, 0.35, 0.5, 0.75, 1.0, 1.5]
 UNRELATED = {"positive": "7", "negative": "0", "cfg": 2.5}
 METHODS = ("plain", "dng", "np", "sld")
+CASES = ("removal", "unrelated")
 #: dng_core's bound on the one-sided evidence's offset (PosteriorConfig.offset_trust; not a node input): recorded in
 #: each DNG row's dng_params, so rows measured before it existed (no bound) keep their own key
 CORE_OFFSET_TRUST = PosteriorConfig().offset_trust
@@ -96,9 +97,11 @@ class Point:
 
 def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
            methods: Sequence[str] = METHODS, lambda0s: Sequence[float] = LAMBDA0S,
-           np_scales: Sequence[float] = NP_SCALES, sld_scales: Sequence[float] = SLD_SCALES) -> list[Point]:
-    """Every point of the grid, or only those of ``methods`` (the baselines do not depend on DNG's setting, so
-    they may run before it is chosen)."""
+           np_scales: Sequence[float] = NP_SCALES, sld_scales: Sequence[float] = SLD_SCALES,
+           cases: Sequence[str] = CASES) -> list[Point]:
+    """Every point of the grid, or only those of ``methods`` and ``cases`` (the baselines do not depend on DNG's
+    setting, so they may run before it is chosen; an unrelated point may be rerun alone, e.g. for its standard
+    error)."""
     out = []
     for model, sampler, steps in cells:
         for seed in seeds:
@@ -109,7 +112,7 @@ def points(seeds: Sequence[int], cells: Sequence[tuple[str, str, int]] = CELLS,
             out.append(Point(model, sampler, steps, seed, "unrelated", "plain", 0.0))
             out += [Point(model, sampler, steps, seed, "unrelated", "dng", s) for s in lambda0s]
             out += [Point(model, sampler, steps, seed, "unrelated", "np", s) for s in np_scales]
-    return [p for p in out if p.method in methods]
+    return [p for p in out if p.method in methods and p.case in cases]
 
 
 def is_deterministic(sampler: str) -> bool:
@@ -314,11 +317,11 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
               cells: Sequence[tuple[str, str, int]] = CELLS, n_removal: int = N_REMOVAL,
               n_unrelated: int = N_UNRELATED, methods: Sequence[str] = METHODS,
               lambda0s: Sequence[float] = LAMBDA0S, np_scales: Sequence[float] = NP_SCALES,
-              sld_scales: Sequence[float] = SLD_SCALES) -> int:
+              sld_scales: Sequence[float] = SLD_SCALES, cases: Sequence[str] = CASES) -> int:
     from benchmarks.common import log
 
     dng = {**default_settings(), **dng_overrides}
-    todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales), spec)
+    todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales, cases), spec)
             if row_key(p, dng, n_removal if p.case == "removal" else n_unrelated) not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
@@ -414,12 +417,26 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
     un_dng = {r["strength"]: r for r in _series(rows, "unrelated", "dng")}
     un_np = {r["strength"]: r for r in _series(rows, "unrelated", "np")}
     if np_safe and d["strength"] in un_dng and np_safe[0]["strength"] in un_np:
-        a, b = un_dng[d["strength"]]["mean_abs_change"], un_np[np_safe[0]["strength"]]["mean_abs_change"]
+        ra, rb = un_dng[d["strength"]], un_np[np_safe[0]["strength"]]
+        a, b = ra["mean_abs_change"], rb["mean_abs_change"]
         v.update(np_matched_scale=np_safe[0]["strength"], unrelated_change=a, unrelated_change_np=b,
-                 change_ratio=a / b if b else None, deactivation_met=bool(b) and a / b <= MAX_CHANGE_RATIO)
+                 change_ratio=a / b if b else None, deactivation_met=bool(b) and a / b <= MAX_CHANGE_RATIO,
+                 change_ratio_se=ratio_se(a, ra.get("change_se"), b, rb.get("change_se")))
     else:
         v["deactivation_met"] = None  # not measurable yet (missing points)
     return v
+
+
+def ratio_se(a: float, se_a: float | None, b: float, se_b: float | None) -> float | None:
+    """The standard error of a / b from those of a and b (first order, the two taken as independent), or None
+    when either lacks one (rows before session 22 keep only the mean).
+
+    Var(a / b) ~ (a / b)^2 ((se_a / a)^2 + (se_b / b)^2 - 2 cov(a, b) / (a b)). DNG's and NP's changes are means
+    over the same images against the same plain samples, so they may covary; the covariance term is left out
+    (it is not recorded per row), which overstates the error where it is positive."""
+    if se_a is None or se_b is None or not a or not b:
+        return None
+    return abs(a / b) * ((se_a / a) ** 2 + (se_b / b) ** 2) ** 0.5
 
 
 def _as_sweep(series: Sequence[dict]) -> list[dict]:
@@ -532,6 +549,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _pm(se: float | None) -> str:
+    return "" if se is None else f" +- {se:.1g}" if se < 0.01 else f" +- {se:.2g}"
+
+
 def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
     lines = ["| model | sampler | steps | seed | lambda0 | forbidden % (upper 95) | KL / NP | KL / SLD | FD / NP | "
              "FD / SLD | unrelated / NP | all |", "|---|---|---:|---:|---:|---|---|---|---|---|---|---|"]
@@ -550,7 +571,8 @@ def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
         lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | {_fmt(v['lambda0'])} | "
                      f"{_fmt(v['forbidden_pct'], 2)} ({_fmt(v['forbidden_upper95'], 2)}{size}) "
                      f"{_fmt(bool(v['safety_met']))} | " + " | ".join(q)
-                     + f" | {_fmt(v.get('change_ratio'), 2)} {_fmt(v.get('deactivation_met'))} | "
+                     + f" | {_fmt(v.get('change_ratio'), 2)}{_pm(v.get('change_ratio_se'))} "
+                     f"{_fmt(v.get('deactivation_met'))} | "
                      f"{_fmt(v['all_met'])} |")
     return lines
 
@@ -569,7 +591,8 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
              f"(`benchmarks/results/defaults_grid.json`). Targets: forbidden <= {MAX_FORBIDDEN:g} % with upper 95 % "
              f"(Wilson) <= {MAX_UPPER:g} %; KL and FD_clf <= {MAX_QUALITY_RATIO:g} x NP's and SLD's at equal "
              f"forbidden % (interpolated); unrelated change <= {MAX_CHANGE_RATIO:g} x NP's at the NP scale matched "
-             "on the removal run (its weakest scale with <= 1 % forbidden). N per point: "
+             "on the removal run (its weakest scale with <= 1 % forbidden), with its standard error (+-, first order, "
+             "over images) where both unrelated rows carry one. N per point: "
              f"{N_REMOVAL} (removal) / {N_UNRELATED} (unrelated) unless a table says otherwise; where a point was "
              "sampled at two sizes, the larger sample decides (both rows are in the json).", "",
              f"## At the default lambda0 = {default:g} (every other input at its node default)", ""]
@@ -609,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", nargs="+", metavar="MODEL/SAMPLER/STEPS", help="only these cells")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                     help="only these methods' points (baselines can run before DNG's setting is chosen)")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="only these cases' points")
     ap.add_argument("--lambda0s", type=float, nargs="+", default=LAMBDA0S, help="DNG's lambda0 sweep")
     ap.add_argument("--np-scales", type=float, nargs="+", default=NP_SCALES, help="NP's scale sweep")
     ap.add_argument("--sld-scales", type=float, nargs="+", default=SLD_SCALES, help="SLD's s_g sweep")
@@ -629,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         k, v = item.split("=", 1)
         overrides[k] = v if k in choices else float(v)
     if args.list:
-        for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales):
+        for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales, args.cases):
             print(p.key)
         return 0
     if args.merge:
@@ -638,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.shard:
         ap.error("give --list, --shard I/N or --merge")
     return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated,
-                     args.methods, args.lambda0s, args.np_scales, args.sld_scales)
+                     args.methods, args.lambda0s, args.np_scales, args.sld_scales, args.cases)
 
 
 if __name__ == "__main__":

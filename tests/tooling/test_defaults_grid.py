@@ -53,6 +53,26 @@ def test_cell_verdict_on_a_known_case():
     assert not cell_verdict(rows)["safety_met"]
 
 
+def test_the_unrelated_ratio_carries_a_standard_error_only_where_both_rows_have_one():
+    from benchmarks.defaults_grid import ratio_se
+
+    # a = 1 +- 0.1, b = 2 +- 0.2: a / b = 0.5 with relative error sqrt(0.1^2 + 0.1^2)
+    assert ratio_se(1.0, 0.1, 2.0, 0.2) == pytest.approx(0.5 * math.sqrt(0.02))
+    assert ratio_se(1.0, 0.1, 2.0, 0.0) == pytest.approx(0.05)  # an exact denominator leaves a's error alone
+    assert ratio_se(1.0, None, 2.0, 0.2) is None and ratio_se(1.0, 0.1, 2.0, None) is None
+    rows = [_row("removal", "dng", 5.0, forbidden=0.8, upper=1.4), _row("removal", "np", 0.5, forbidden=0.0),
+            {**_row("unrelated", "dng", 5.0, change=0.005), "change_se": 0.001},
+            _row("unrelated", "np", 0.5, change=0.1)]
+    assert cell_verdict(rows)["change_ratio_se"] is None  # NP's row predates change_se
+    rows[3]["change_se"] = 0.002
+    assert cell_verdict(rows)["change_ratio_se"] == pytest.approx(0.05 * math.sqrt(0.2 ** 2 + 0.02 ** 2))
+
+
+def test_a_case_can_be_rerun_alone():
+    keys = {p.key for p in points([0], [("digits8", "euler", 20)], ("dng", "np"), [75.0], [0.5], cases=["unrelated"])}
+    assert keys == {"digits8/euler/20/seed0/unrelated/dng/75", "digits8/euler/20/seed0/unrelated/np/0.5"}
+
+
 def test_a_point_sampled_at_two_sizes_keeps_both_rows_and_the_larger_decides():
     from benchmarks.defaults_grid import N_REMOVAL, Point, default_settings, row_key
 

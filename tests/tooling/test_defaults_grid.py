@@ -150,3 +150,14 @@ def test_the_deterministic_push_is_not_named_on_a_sampler_that_adds_noise():
     other = "matched" if d["deterministic_push"] != "matched" else "raw"
     assert setting_suffix({**d, "deterministic_push": other}, "euler_ancestral") == ""
     assert setting_suffix({**d, "deterministic_push": other}, "euler") == f"/deterministic_push={other}"
+
+
+def test_the_straddling_steps_share_below_the_cut():
+    from benchmarks.deterministic_cut import straddling_share
+
+    # the digit models' 20-step schedule: the step 2.2657 -> 1.7401 straddles sigma 2
+    assert straddling_share(2.2657, 1.7401, 2.0) == pytest.approx(math.log(2 / 1.7401) / math.log(2.2657 / 1.7401))
+    assert straddling_share(2.2657, 1.7401, 2.0) == pytest.approx(0.527, abs=0.001)
+    assert straddling_share(4.0, 1.0, 2.0) == pytest.approx(0.5)  # half the log interval: 2 is 4 and 1's geometric mean
+    assert straddling_share(1.9, 1.5, 2.0) is None and straddling_share(3.0, 2.5, 2.0) is None  # wholly below / above
+    assert straddling_share(2.5, 0.0, 2.0) is None  # a last step to 0 has no log interval

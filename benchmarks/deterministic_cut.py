@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.defaults_grid import CASES, OUT, RESULTS, run_shard  # noqa: E402  (after the path set-up)
+
 
 def straddling_share(sigma: float, next_sigma: float, cut: float) -> float | None:
     """The share of the log-sigma interval of the step sigma -> next_sigma that lies below ``cut``, for a step
@@ -42,6 +44,11 @@ def straddling_share(sigma: float, next_sigma: float, cut: float) -> float | Non
     if not (sigma > cut > next_sigma > 0.0):
         return None
     return math.log(cut / next_sigma) / math.log(sigma / next_sigma)
+
+
+def _deterministic_late(run) -> bool:
+    # a DNGRun with the deterministic late push: its cut is set and the matched scaling is on
+    return run._push_cut_sigma is not None and run._push_scale_s is not None
 
 
 def patch_pack(cut_factor: float, weight_straddling: bool) -> None:
@@ -55,23 +62,16 @@ def patch_pack(cut_factor: float, weight_straddling: bool) -> None:
 
         def patched_init(self, *args, _init=init, **kwargs):
             _init(self, *args, **kwargs)
-            # deterministic with the late push: the cut is set and the matched scaling is on
-            if self._push_cut_sigma is not None and self._push_scale_s is not None:
+            if _deterministic_late(self):
                 self._push_cut_sigma *= cut_factor
-                self._cut_probe = True
-            else:
-                self._cut_probe = False
 
         def patched_scale(self, log_p, sigma, _scale=scale, _weights=weights):
-            cut = self._push_cut_sigma
-            if not (weight_straddling and self._cut_probe):
-                return _scale(self, log_p, sigma)
-            s = float(self.parametrisation.sigma_ve(sigma))
             j = self.aligner.candidate_step(sigma, 0)
-            if j is None or s <= cut or j + 1 >= len(self.aligner.sigmas):
+            if not (weight_straddling and _deterministic_late(self)) or j is None or j + 1 >= len(self.aligner.sigmas):
                 return _scale(self, log_p, sigma)
+            cut, s = self._push_cut_sigma, float(self.parametrisation.sigma_ve(sigma))
             share = straddling_share(s, float(self.parametrisation.sigma_ve(self.aligner.sigmas[j + 1])), cut)
-            if share is None:
+            if share is None:  # not the straddling step: the default's all-or-nothing cut
                 return _scale(self, log_p, sigma)
             _weights[round(s, 6)] = share
             self._push_cut_sigma = math.inf  # the push as if below the cut; bound_push then takes the share
@@ -88,8 +88,6 @@ def patch_pack(cut_factor: float, weight_straddling: bool) -> None:
 
 def show(out: Path) -> list[str]:
     """Each row of ``out`` against the grid's committed verdict of its cell (unrelated: / NP's matched change)."""
-    from benchmarks.defaults_grid import RESULTS
-
     verdicts = json.loads((RESULTS / "defaults_grid_verdicts.json").read_text())["at_default"]
     by_cell = {(v["model"], v["sampler"], v["steps"], v["seed"]): v for v in verdicts}
     lines = []
@@ -118,25 +116,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gain", type=float, default=16.0, help="the deterministic late gain (via lambda0)")
     ap.add_argument("--cells", nargs="+", default=["digits8/dpmpp_2m/20"], metavar="MODEL/SAMPLER/STEPS")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--cases", nargs="+", default=["removal", "unrelated"], choices=["removal", "unrelated"])
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     args = ap.parse_args(argv)
     if args.show:
         print("\n".join(show(args.out)))
         return 0
-    if args.out.resolve() == (ROOT / "benchmarks" / "results" / "defaults_grid").resolve():
+    if args.out.resolve() == OUT.resolve():
         ap.error("--out must not be the grid's folder: these rows carry the default's keys")
     from benchmarks.common import Bench
-    from benchmarks.defaults_grid import run_shard
     from dng_core import DNGConfig
 
     Bench()  # loads the pack (once per process), whose own copy of dng_core.run the nodes call
     patch_pack(args.cut_factor, args.weight_straddling)
-    lambda0 = DNGConfig().lambda0 * args.gain / DNGConfig().deterministic_late_gain
-    for cell in args.cells:
-        model, sampler, steps = cell.split("/")
-        for seed in args.seeds:
-            run_shard("0/1", [seed], args.out, {}, [(model, sampler, int(steps))], methods=["dng"],
-                      lambda0s=[lambda0], cases=args.cases)
+    config = DNGConfig()
+    cells = [(m, s, int(n)) for m, s, n in (c.split("/") for c in args.cells)]
+    run_shard("0/1", args.seeds, args.out, {}, cells, methods=["dng"],
+              lambda0s=[config.lambda0 * args.gain / config.deterministic_late_gain], cases=args.cases)
     print("\n".join(show(args.out)))
     return 0
 

@@ -364,8 +364,12 @@ class Scorer:
     def predict(self, samples: torch.Tensor) -> np.ndarray:
         return self.clf.predict(self.prepare(samples)).numpy()
 
-    def score(self, samples: torch.Tensor, bootstrap: int = 200, seed: int = 0) -> dict:
-        from reference_model.metrics import class_histogram, frechet_distance_feats, kl_uniform
+    def score(self, samples: torch.Tensor, bootstrap: int = 200, seed: int = 0, fd_bootstrap: int = 0) -> dict:
+        """Forbidden %, KL and FD_clf of ``samples`` with their standard errors: binomial for the forbidden
+        share, bootstrap over images (``bootstrap`` resamples) for the KL and, on the first ``fd_bootstrap`` of
+        the same resamples (a square root of a 128 x 128 matrix each, so opt-in), for FD_clf."""
+        from reference_model.metrics import (class_histogram, frechet_distance, frechet_distance_feats,
+                                             gaussian_stats, kl_uniform)
 
         x = self.prepare(samples)
         pred = self.clf.predict(x).numpy()
@@ -374,8 +378,14 @@ class Scorer:
         n = len(pred)
         forb = float((pred == self.removed).mean())
         kl = kl_uniform(hist, self.kept)
+        # One set of resamples serves both errors (the KL's draws are the ones rows before session 24 used).
         rng = np.random.default_rng(seed)
-        kls = [kl_uniform(class_histogram(pred[rng.integers(0, n, n)]), self.kept) for _ in range(bootstrap)]
+        resamples = [rng.integers(0, n, n) for _ in range(bootstrap)]
+        kls = [kl_uniform(class_histogram(pred[i]), self.kept) for i in resamples]
+        fds = []
+        if fd_bootstrap:
+            ref_stats = gaussian_stats(self.ref_feats)
+            fds = [frechet_distance(*gaussian_stats(feats[i]), *ref_stats) for i in resamples[:fd_bootstrap]]
         kid, _ = kernel_inception_distance(feats, self.ref_feats)
         return {
             "n": n,
@@ -386,6 +396,8 @@ class Scorer:
             "kl": kl,
             "kl_se": float(np.std(kls)) if bootstrap else float("nan"),
             "fd_clf": frechet_distance_feats(feats, self.ref_feats),
+            # the generated set's sampling error only (the reference set is fixed)
+            "fd_clf_se": float(np.std(fds)) if fds else float("nan"),
             "kid_clf": kid,
             "hist": [round(float(h), 4) for h in hist],
         }
@@ -420,16 +432,40 @@ def weakest_safe(rows: Sequence[dict], max_forbidden: float = 1.0) -> tuple[dict
     return [r for r in rows if r["forbidden_pct"] == best][0], False
 
 
-def interpolate_at(rows: Sequence[dict], target: float, key: str) -> float | None:
-    """``key`` linearly interpolated in forbidden % at forbidden = target, along the sweep (by scale): between
-    the last point above the target and the first at or below it. None if the sweep never crosses the target."""
+def crossing(rows: Sequence[dict], target: float) -> tuple[dict, dict, float] | None:
+    """The two points of a sweep (by scale) between which forbidden % crosses ``target``, the last above it and
+    the first at or below it, and the weight w of the second: the linear interpolation at the target is
+    (1 - w) a + w b. None if the sweep never crosses the target."""
     rows = sorted(rows, key=sweep_key)
     for a, b in zip(rows, rows[1:]):
         fa, fb = a["forbidden_pct"], b["forbidden_pct"]
         if fa > target >= fb:
-            w = (fa - target) / (fa - fb)
-            return float(a[key] + w * (b[key] - a[key]))
+            return a, b, (fa - target) / (fa - fb)
     return None
+
+
+def interpolate_at(rows: Sequence[dict], target: float, key: str) -> float | None:
+    """``key`` linearly interpolated in forbidden % at forbidden = target, along the sweep (by scale): between
+    the last point above the target and the first at or below it. None if the sweep never crosses the target."""
+    hit = crossing(rows, target)
+    if hit is None:
+        return None
+    a, b, w = hit
+    return float(a[key] + w * (b[key] - a[key]))
+
+
+def interpolate_se_at(rows: Sequence[dict], target: float, se_key: str) -> float | None:
+    """The standard error of ``interpolate_at``'s value from the two points' own errors ``se_key``, the points
+    being independent samples: sqrt((1 - w)^2 se_a^2 + w^2 se_b^2). The weight w is taken as exact (its own
+    error, from the points' forbidden %, is left out). None where the sweep never crosses the target or either
+    point lacks the error."""
+    hit = crossing(rows, target)
+    if hit is None:
+        return None
+    a, b, w = hit
+    if a.get(se_key) is None or b.get(se_key) is None:
+        return None
+    return float(math.hypot((1 - w) * a[se_key], w * b[se_key]))
 
 
 def ensure_results_dir() -> Path:

@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from benchmarks.common import RESULTS, interpolate_at  # noqa: E402
+from benchmarks.common import RESULTS, crossing, interpolate_at, interpolate_se_at  # noqa: E402
 from dng_core import DNGConfig  # noqa: E402
 from dng_core.posterior import PosteriorConfig  # noqa: E402
 
@@ -60,6 +60,8 @@ CELLS: list[tuple[str, str, int]] = (
     + [("mnist16", s, 20) for s in ("euler_ancestral", "euler")]
 )
 N_REMOVAL, N_UNRELATED = 1000, 500
+# bootstrap resamples for FD_clf's standard error on removal points (a 128 x 128 matrix square root each)
+FD_BOOTSTRAP = 100
 LAMBDA0S = [1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0]
 NP_SCALES = [0.2, 0.3, 0.4, 0.5, 0.6, 0.75]
 SLD_SCALES = [0.2, 0.35, 0.5, 0.75, 1.0, 1.5]
@@ -275,20 +277,22 @@ class _Runner:
         from benchmarks.common import environment
 
         out = self.bench.run(self.prompt(pt))
-        score = self.scorer(pt.model).score(out.samples, bootstrap=0 if pt.case == "unrelated" else 200)
+        removal = pt.case == "removal"
+        score = self.scorer(pt.model).score(out.samples, bootstrap=200 if removal else 0,
+                                            fd_bootstrap=FD_BOOTSTRAP if removal else 0)
         k = round(score["forbidden_pct"] * score["n"] / 100.0)
         row: dict[str, Any] = {
             **asdict(pt), "uses_defaults": self.uses_defaults if pt.method == "dng" else None, "n": score["n"],
             "forbidden_pct": score["forbidden_pct"], "forbidden_se": score["forbidden_se_pct"],
             "forbidden_upper95": wilson_upper(k, score["n"]), "kl": score["kl"], "kl_se": score["kl_se"],
-            "fd_clf": score["fd_clf"], "destroyed_pct": score["destroyed_pct"], "mean_abs_change": None,
+            "fd_clf": score["fd_clf"], "fd_clf_se": score["fd_clf_se"], "destroyed_pct": score["destroyed_pct"], "mean_abs_change": None,
             "host": environment()["comfyui"],
             "seconds": round(out.seconds, 2)}
         if pt.method == "dng":
             row["dng_params"] = {"lambda0": pt.strength, **self.settings}
         if pt.case == "unrelated":
             # the class histogram of a run steered towards 7 says nothing about removal quality
-            row.update(kl=None, kl_se=None, fd_clf=None)
+            row.update(kl=None, kl_se=None, fd_clf=None, fd_clf_se=None)
             ref = self.plain_reference(pt)
             per_image = (out.samples.float() - ref.float()).abs().flatten(1).mean(1)
             row["mean_abs_change"] = float(per_image.mean())
@@ -317,11 +321,14 @@ def run_shard(spec: str, seeds: Sequence[int], out: Path, dng_overrides: dict[st
               cells: Sequence[tuple[str, str, int]] = CELLS, n_removal: int = N_REMOVAL,
               n_unrelated: int = N_UNRELATED, methods: Sequence[str] = METHODS,
               lambda0s: Sequence[float] = LAMBDA0S, np_scales: Sequence[float] = NP_SCALES,
-              sld_scales: Sequence[float] = SLD_SCALES, cases: Sequence[str] = CASES) -> int:
+              sld_scales: Sequence[float] = SLD_SCALES, cases: Sequence[str] = CASES,
+              only: Sequence[Point] | None = None) -> int:
+    """Run this shard's points of the grid (or of ``only``, e.g. ``decisive_points``) not yet in ``out``'s parts."""
     from benchmarks.common import log
 
     dng = {**default_settings(), **dng_overrides}
-    todo = [p for p in shard(points(seeds, cells, methods, lambda0s, np_scales, sld_scales, cases), spec)
+    pts = list(only) if only is not None else points(seeds, cells, methods, lambda0s, np_scales, sld_scales, cases)
+    todo = [p for p in shard(pts, spec)
             if row_key(p, dng, n_removal if p.case == "removal" else n_unrelated) not in done_keys(out)]
     log(f"shard {spec}: {len(todo)} points to run")
     if not todo:
@@ -406,12 +413,15 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
             continue
         for metric in ("kl", "fd_clf"):
             ref = interpolate_at(_as_sweep(series), d["forbidden_pct"], metric)
+            ref_se = interpolate_se_at(_as_sweep(series), d["forbidden_pct"], f"{metric}_se")
             if ref is None:  # the baseline's sweep never gets as safe: compare with its safest point
                 safest = min(series, key=lambda r: r["forbidden_pct"]) if series else None
                 ref = safest[metric] if safest else None
+                ref_se = safest.get(f"{metric}_se") if safest else None
                 v[f"{base}_{metric}_at"] = "safest point (never as safe as DNG)"
             ratio = q[metric] / ref if ref else None
             v[f"{metric}_ratio_{base}"] = ratio
+            v[f"{metric}_ratio_{base}_se"] = ratio_se(q[metric], q.get(f"{metric}_se"), ref, ref_se) if ref else None
             v[f"{metric}_vs_{base}_met"] = ratio is not None and ratio <= MAX_QUALITY_RATIO
     np_safe = [r for r in _series(rows, "removal", "np") if r["forbidden_pct"] <= MAX_FORBIDDEN]
     un_dng = {r["strength"]: r for r in _series(rows, "unrelated", "dng")}
@@ -425,6 +435,32 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
     else:
         v["deactivation_met"] = None  # not measurable yet (missing points)
     return v
+
+
+def decisive_points(rows: Sequence[dict], lambda0: float) -> list[Point]:
+    """The removal points the default's quality verdicts rest on, per cell and seed: DNG at ``lambda0`` (the
+    protocol-size row that gives its KL and FD_clf) and, for NP and SLD, the two sweep points between which their
+    forbidden % crosses DNG's (or the safest point where it never does). Rerunning them adds the errors newer
+    rows carry (FD_clf's, session 24) to exactly the figures the verdict compares."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["case"] == "removal" and (r["method"] != "dng" or r["uses_defaults"]):
+            cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+    out: list[Point] = []
+    for (model, sampler, steps, seed), rs in sorted(cells.items()):
+        at = [r for r in _series(rs, "removal", "dng") if r["strength"] == lambda0]
+        if not at:
+            continue
+        picked = [("dng", lambda0)]
+        for base in ("np", "sld"):
+            series = _as_sweep(_series(rs, "removal", base))
+            hit = crossing(series, at[0]["forbidden_pct"])
+            if hit is not None:
+                picked += [(base, hit[0]["strength"]), (base, hit[1]["strength"])]
+            elif series:
+                picked.append((base, min(series, key=lambda r: r["forbidden_pct"])["strength"]))
+        out += [Point(model, sampler, steps, seed, "removal", m, s) for m, s in picked]
+    return out
 
 
 def ratio_se(a: float, se_a: float | None, b: float, se_b: float | None) -> float | None:
@@ -565,7 +601,7 @@ def _verdict_table(verdicts: Sequence[dict]) -> list[str]:
             lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | - | MISSED (best "
                          f"{_fmt(v.get('best_forbidden_pct'))} %) | | | | | | MISSED |")
             continue
-        q = [f"{_fmt(v.get(f'{m}_ratio_{b}'), 2)} {_fmt(v.get(f'{m}_vs_{b}_met'))}"
+        q = [f"{_fmt(v.get(f'{m}_ratio_{b}'), 2)}{_pm(v.get(f'{m}_ratio_{b}_se'))} {_fmt(v.get(f'{m}_vs_{b}_met'))}"
              for m in ("kl", "fd_clf") for b in ("np", "sld")]
         size = "" if v.get("n", N_REMOVAL) == N_REMOVAL else f"; N {v['n']}"
         lines.append(f"| {v['model']} | {v['sampler']} | {v['steps']} | {v['seed']} | {_fmt(v['lambda0'])} | "
@@ -592,7 +628,9 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
              f"(Wilson) <= {MAX_UPPER:g} %; KL and FD_clf <= {MAX_QUALITY_RATIO:g} x NP's and SLD's at equal "
              f"forbidden % (interpolated); unrelated change <= {MAX_CHANGE_RATIO:g} x NP's at the NP scale matched "
              "on the removal run (its weakest scale with <= 1 % forbidden), with its standard error (+-, first order, "
-             "over images) where both unrelated rows carry one. N per point: "
+             "over images) where both unrelated rows carry one. The KL and FD ratios' +-: first order from DNG's "
+             "bootstrap error and the interpolated baseline's (its two points' errors, weighted; FD_clf's only on "
+             "rows scored since session 24, e.g. by --decisive reruns). N per point: "
              f"{N_REMOVAL} (removal) / {N_UNRELATED} (unrelated) unless a table says otherwise; where a point was "
              "sampled at two sizes, the larger sample decides (both rows are in the json).", "",
              f"## At the default lambda0 = {default:g} (every other input at its node default)", ""]
@@ -639,6 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dng", nargs="+", default=[], metavar="KEY=VALUE",
                     help="DNG inputs other than lambda0 that differ from the node defaults (uses_defaults false); "
                          f"also {', '.join(CORE_FIELDS)} (dng_core's, not a node input)")
+    ap.add_argument("--decisive", action="store_true",
+                    help="with --shard: only the removal points the default's KL and FD_clf verdicts rest on (DNG at "
+                         "the default lambda0, NP's and SLD's points either side of its forbidden %%), from the "
+                         "committed json, of --seeds and --cells")
     ap.add_argument("--out", type=Path, default=OUT, help=f"parts and cache folder (default {OUT})")
     ap.add_argument("--results", type=Path, default=RESULTS, help="where --merge writes (default benchmarks/results)")
     ap.add_argument("--n-removal", type=int, default=N_REMOVAL, help="samples per removal point (smoke runs)")
@@ -652,8 +694,17 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.dng:
         k, v = item.split("=", 1)
         overrides[k] = v if k in choices else float(v)
+    only = None
+    if args.decisive:
+        from dng_core import DNGConfig
+
+        committed = json.loads((args.results / "defaults_grid.json").read_text())
+        only = [p for p in decisive_points(committed, DNGConfig().lambda0)
+                if (p.model, p.sampler, p.steps) in cells and p.seed in args.seeds]
     if args.list:
-        for p in points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales, args.sld_scales, args.cases):
+        pts = only if only is not None else points(args.seeds, cells, args.methods, args.lambda0s, args.np_scales,
+                                                   args.sld_scales, args.cases)
+        for p in pts:
             print(p.key)
         return 0
     if args.merge:
@@ -662,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.shard:
         ap.error("give --list, --shard I/N or --merge")
     return run_shard(args.shard, args.seeds, args.out, overrides, cells, args.n_removal, args.n_unrelated,
-                     args.methods, args.lambda0s, args.np_scales, args.sld_scales, args.cases)
+                     args.methods, args.lambda0s, args.np_scales, args.sld_scales, args.cases, only)
 
 
 if __name__ == "__main__":

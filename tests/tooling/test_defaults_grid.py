@@ -68,6 +68,51 @@ def test_the_unrelated_ratio_carries_a_standard_error_only_where_both_rows_have_
     assert cell_verdict(rows)["change_ratio_se"] == pytest.approx(0.05 * math.sqrt(0.2 ** 2 + 0.02 ** 2))
 
 
+def test_the_quality_ratios_carry_the_interpolated_baselines_error():
+    """KL / NP at DNG's forbidden %: NP's KL interpolated between its two points either side, with the error of a
+    weighted sum of two independent points, then the ratio's first-order error."""
+    from benchmarks.common import crossing, interpolate_se_at
+
+    sweep = [{"scale": 0.3, "forbidden_pct": 1.6, "kl": 0.05, "kl_se": 0.01},
+             {"scale": 0.5, "forbidden_pct": 0.0, "kl": 0.09, "kl_se": 0.02},
+             {"scale": 0.2, "forbidden_pct": 3.0, "kl": 0.04, "kl_se": 0.01}]
+    a, b, w = crossing(sweep, 0.4)
+    assert (a["scale"], b["scale"], w) == (0.3, 0.5, pytest.approx(0.75))
+    assert interpolate_se_at(sweep, 0.4, "kl_se") == pytest.approx(math.hypot(0.25 * 0.01, 0.75 * 0.02))
+    assert crossing(sweep, 5.0) is None and interpolate_se_at(sweep, 5.0, "kl_se") is None  # never that unsafe
+    assert interpolate_se_at(sweep, 0.4, "fd_clf_se") is None  # rows before session 24 carry no FD error
+
+    rows = [{**_row("removal", "dng", 5.0, forbidden=0.4, upper=1.4, kl=0.02, fd=2.0), "kl_se": 0.004},
+            {**_row("removal", "np", 0.3, forbidden=1.6, kl=0.05, fd=5.0), "kl_se": 0.01, "fd_clf_se": 0.5},
+            {**_row("removal", "np", 0.5, forbidden=0.0, kl=0.09, fd=9.0), "kl_se": 0.02, "fd_clf_se": 1.0}]
+    v = cell_verdict(rows)
+    ref, ref_se = 0.08, math.hypot(0.25 * 0.01, 0.75 * 0.02)
+    assert v["kl_ratio_np"] == pytest.approx(0.02 / ref)
+    assert v["kl_ratio_np_se"] == pytest.approx(0.02 / ref * math.hypot(0.004 / 0.02, ref_se / ref))
+    assert v["fd_clf_ratio_np_se"] is None  # DNG's row has no FD error
+    rows[0]["fd_clf_se"] = 0.2
+    fd_ref, fd_ref_se = 8.0, math.hypot(0.25 * 0.5, 0.75 * 1.0)
+    assert cell_verdict(rows)["fd_clf_ratio_np_se"] == pytest.approx(0.25 * math.hypot(0.2 / 2.0, fd_ref_se / fd_ref))
+
+
+def test_the_decisive_points_are_dng_at_the_default_and_the_baselines_either_side():
+    from benchmarks.defaults_grid import decisive_points
+
+    rows = [{**_row("removal", "dng", 75.0, forbidden=0.4), "uses_defaults": True},
+            {**_row("removal", "dng", 40.0, forbidden=1.4), "uses_defaults": True},
+            {**_row("removal", "dng", 75.0, forbidden=0.0), "uses_defaults": False},  # another setting
+            _row("removal", "np", 0.2, forbidden=3.0), _row("removal", "np", 0.3, forbidden=1.6),
+            _row("removal", "np", 0.5, forbidden=0.0),
+            _row("removal", "sld", 0.5, forbidden=2.0), _row("removal", "sld", 1.0, forbidden=0.9),  # never as safe
+            _row("unrelated", "np", 0.5, change=0.1)]
+    for r in rows:
+        r.update(model="digits8", sampler="euler", steps=20, seed=1)
+    keys = [p.key for p in decisive_points(rows, 75.0)]
+    cell = "digits8/euler/20/seed1/removal"
+    assert keys == [f"{cell}/dng/75", f"{cell}/np/0.3", f"{cell}/np/0.5", f"{cell}/sld/1"]
+    assert decisive_points(rows, 20.0) == []  # no DNG point there
+
+
 def test_a_case_can_be_rerun_alone():
     keys = {p.key for p in points([0], [("digits8", "euler", 20)], ("dng", "np"), [75.0], [0.5], cases=["unrelated"])}
     assert keys == {"digits8/euler/20/seed0/unrelated/dng/75", "digits8/euler/20/seed0/unrelated/np/0.5"}
@@ -161,3 +206,18 @@ def test_the_straddling_steps_share_below_the_cut():
     assert straddling_share(4.0, 1.0, 2.0) == pytest.approx(0.5)  # half the log interval: 2 is 4 and 1's geometric mean
     assert straddling_share(1.9, 1.5, 2.0) is None and straddling_share(3.0, 2.5, 2.0) is None  # wholly below / above
     assert straddling_share(2.5, 0.0, 2.0) is None  # a last step to 0 has no log interval
+
+
+def test_fd_clfs_bootstrap_error_is_opt_in_and_leaves_the_kls_draws_alone():
+    """Rows before session 24 were scored without FD_clf's bootstrap: adding it must not move their KL error."""
+    from benchmarks.common import Scorer
+    from reference_model.data import load_dataset
+
+    scorer = Scorer(removed=0)
+    data = load_dataset("digits8")
+    x = data.x_heldout[data.y_heldout != 0][:200]
+    plain = scorer.score(x, bootstrap=50)
+    with_fd = scorer.score(x, bootstrap=50, fd_bootstrap=20)
+    assert with_fd["kl_se"] == plain["kl_se"] and with_fd["fd_clf"] == plain["fd_clf"]
+    assert math.isnan(plain["fd_clf_se"])
+    assert 0.0 < with_fd["fd_clf_se"] < with_fd["fd_clf"]

@@ -454,18 +454,29 @@ def interpolate_at(rows: Sequence[dict], target: float, key: str) -> float | Non
     return float(a[key] + w * (b[key] - a[key]))
 
 
-def interpolate_se_at(rows: Sequence[dict], target: float, se_key: str) -> float | None:
-    """The standard error of ``interpolate_at``'s value from the two points' own errors ``se_key``, the points
-    being independent samples: sqrt((1 - w)^2 se_a^2 + w^2 se_b^2). The weight w is taken as exact (its own
-    error, from the points' forbidden %, is left out). None where the sweep never crosses the target or either
-    point lacks the error."""
+def interpolate_se_at(rows: Sequence[dict], target: float, key: str, se_key: str,
+                      target_se: float = 0.0) -> float | None:
+    """The standard error of ``interpolate_at(rows, target, key)``, first order, every input an independent
+    sample. With a, b the two points' values, fa, fb their forbidden %, w = (fa - target) / (fa - fb) and
+    g = (b - a) / (fa - fb), the value is a + w (b - a), and
+
+        Var = (1 - w)^2 se_a^2 + w^2 se_b^2 + g^2 (target_se^2 + (1 - w)^2 se_fa^2 + w^2 se_fb^2):
+
+    the two points' own errors, and the error of where along the sweep the comparison falls (the target's, e.g.
+    DNG's forbidden %, and the points' forbidden %, their ``forbidden_se``). The covariance of a point's value
+    with its own forbidden % (the same images) is left out. None where the sweep never crosses the target or
+    either point lacks ``se_key``."""
     hit = crossing(rows, target)
     if hit is None:
         return None
     a, b, w = hit
     if a.get(se_key) is None or b.get(se_key) is None:
         return None
-    return float(math.hypot((1 - w) * a[se_key], w * b[se_key]))
+    g = (b[key] - a[key]) / (a["forbidden_pct"] - b["forbidden_pct"])
+    var = ((1 - w) * a[se_key]) ** 2 + (w * b[se_key]) ** 2
+    var += g * g * (target_se ** 2 + ((1 - w) * a.get("forbidden_se", 0.0)) ** 2
+                    + (w * b.get("forbidden_se", 0.0)) ** 2)
+    return float(math.sqrt(var))
 
 
 def ensure_results_dir() -> Path:

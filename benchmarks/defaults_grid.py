@@ -413,7 +413,8 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
             continue
         for metric in ("kl", "fd_clf"):
             ref = interpolate_at(_as_sweep(series), d["forbidden_pct"], metric)
-            ref_se = interpolate_se_at(_as_sweep(series), d["forbidden_pct"], f"{metric}_se")
+            ref_se = interpolate_se_at(_as_sweep(series), d["forbidden_pct"], metric, f"{metric}_se",
+                                       d.get("forbidden_se") or 0.0)
             if ref is None:  # the baseline's sweep never gets as safe: compare with its safest point
                 safest = min(series, key=lambda r: r["forbidden_pct"]) if series else None
                 ref = safest[metric] if safest else None

@@ -78,9 +78,15 @@ def test_the_quality_ratios_carry_the_interpolated_baselines_error():
              {"scale": 0.2, "forbidden_pct": 3.0, "kl": 0.04, "kl_se": 0.01}]
     a, b, w = crossing(sweep, 0.4)
     assert (a["scale"], b["scale"], w) == (0.3, 0.5, pytest.approx(0.75))
-    assert interpolate_se_at(sweep, 0.4, "kl_se") == pytest.approx(math.hypot(0.25 * 0.01, 0.75 * 0.02))
-    assert crossing(sweep, 5.0) is None and interpolate_se_at(sweep, 5.0, "kl_se") is None  # never that unsafe
-    assert interpolate_se_at(sweep, 0.4, "fd_clf_se") is None  # rows before session 24 carry no FD error
+    assert interpolate_se_at(sweep, 0.4, "kl", "kl_se") == pytest.approx(math.hypot(0.25 * 0.01, 0.75 * 0.02))
+    assert crossing(sweep, 5.0) is None and interpolate_se_at(sweep, 5.0, "kl", "kl_se") is None  # never that unsafe
+    assert interpolate_se_at(sweep, 0.4, "fd_clf", "fd_clf_se") is None  # rows before session 24: no FD error
+    # where the comparison falls is uncertain too: KL falls 0.04 over 1.6 points of forbidden % (slope 0.025 per
+    # point), so the target's error 0.2 and the points' 0.1 / 0.05 add 0.025^2 (0.2^2 + 0.025^2 0.1^2 + ...)
+    sweep[0]["forbidden_se"], sweep[1]["forbidden_se"] = 0.1, 0.05
+    expected = math.sqrt((0.25 * 0.01) ** 2 + (0.75 * 0.02) ** 2
+                         + 0.025 ** 2 * (0.2 ** 2 + (0.25 * 0.1) ** 2 + (0.75 * 0.05) ** 2))
+    assert interpolate_se_at(sweep, 0.4, "kl", "kl_se", target_se=0.2) == pytest.approx(expected)
 
     rows = [{**_row("removal", "dng", 5.0, forbidden=0.4, upper=1.4, kl=0.02, fd=2.0), "kl_se": 0.004},
             {**_row("removal", "np", 0.3, forbidden=1.6, kl=0.05, fd=5.0), "kl_se": 0.01, "fd_clf_se": 0.5},

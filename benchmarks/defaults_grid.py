@@ -476,6 +476,26 @@ def ratio_se(a: float, se_a: float | None, b: float, se_b: float | None) -> floa
     return abs(a / b) * ((se_a / a) ** 2 + (se_b / b) ** 2) ** 0.5
 
 
+def seed_pair_z(rows: Sequence[dict], metric: str, se_key: str) -> list[float]:
+    """A check of the reported errors: a point (cell, method, strength, N) sampled at seeds 0 and 1 is two
+    independent samples of one distribution, so (x0 - x1) / sqrt(se0^2 + se1^2) should spread with standard
+    deviation ~1 over the points; under 1, the errors overstate the spread. The points of one seed share its
+    noise, so the pairs are not independent of each other: a rough check. Removal rows at the default setting
+    (baselines at any), both errors present and non-zero."""
+    by: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if r["case"] != "removal" or (r["method"] == "dng" and not r.get("uses_defaults")):
+            continue
+        by.setdefault((r["model"], r["sampler"], r["steps"], r["method"], r["strength"], r.get("n")), {})[r["seed"]] = r
+    z = []
+    for pair in by.values():
+        if 0 in pair and 1 in pair:
+            a, b = pair[0], pair[1]
+            if a.get(se_key) and b.get(se_key) and a.get(metric) is not None and b.get(metric) is not None:
+                z.append((a[metric] - b[metric]) / math.hypot(a[se_key], b[se_key]))
+    return z
+
+
 def _as_sweep(series: Sequence[dict]) -> list[dict]:
     # interpolate_at walks a sweep by its "scale"
     return [{**r, "scale": r["strength"]} for r in series]
@@ -656,6 +676,18 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
             lines += ["", f"The same setting at one lambda0 for every cell, {other['one_lambda0']:g} (its lambda0 "
                       "that meets every target in the most cells; 'no point': not run there):", ""]
             lines += _verdict_table(other["at_one_lambda0"])
+    checks = []
+    for metric, se_key in (("kl", "kl_se"), ("fd_clf", "fd_clf_se")):
+        z = seed_pair_z(rows, metric, se_key)
+        if len(z) > 2:
+            mean = sum(z) / len(z)
+            sd = (sum((x - mean) ** 2 for x in z) / (len(z) - 1)) ** 0.5
+            checks.append(f"{metric} {sd:.2f} over {len(z)} points")
+    if checks:
+        lines += ["", "A check of the bootstrap errors: a point sampled at seeds 0 and 1 is two independent samples, "
+                  "so its difference over the combined error should spread with standard deviation ~1 (under 1: "
+                  "the errors overstate; the points of one seed share its noise, so this is rough): "
+                  + "; ".join(checks) + "."]
     lines += ["", "'- -': a baseline series not run at that seed (not measured, not missed). Sampling time of all "
               f"points: {sum(r.get('seconds') or 0 for r in rows) / 3600:.1f} core-hours (the host's own timing "
               "of each prompt, on this 2-core machine with one point per core)."]

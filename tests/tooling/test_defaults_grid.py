@@ -227,3 +227,18 @@ def test_fd_clfs_bootstrap_error_is_opt_in_and_leaves_the_kls_draws_alone():
     assert with_fd["kl_se"] == plain["kl_se"] and with_fd["fd_clf"] == plain["fd_clf"]
     assert math.isnan(plain["fd_clf_se"])
     assert 0.0 < with_fd["fd_clf_se"] < with_fd["fd_clf"]
+
+
+def test_the_seed_pair_check_pairs_one_point_across_seeds():
+    from benchmarks.defaults_grid import seed_pair_z
+
+    rows = []
+    for seed, kl in ((0, 0.10), (1, 0.13)):
+        rows.append({**_row("removal", "np", 0.5, kl=kl), "kl_se": 0.02, "seed": seed, "n": 1000})
+        rows.append({**_row("removal", "dng", 75.0, kl=kl), "kl_se": 0.02, "seed": seed, "n": 1000,
+                     "uses_defaults": False})  # another setting: not the default's point
+    rows.append({**_row("removal", "sld", 1.0), "kl_se": 0.02, "seed": 0, "n": 1000})  # no partner
+    for r in rows:
+        r.update(model="digits8", sampler="euler", steps=20)
+    assert seed_pair_z(rows, "kl", "kl_se") == [pytest.approx(-0.03 / math.hypot(0.02, 0.02))]
+    assert seed_pair_z(rows, "fd_clf", "fd_clf_se") == []

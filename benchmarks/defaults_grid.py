@@ -285,7 +285,8 @@ class _Runner:
             **asdict(pt), "uses_defaults": self.uses_defaults if pt.method == "dng" else None, "n": score["n"],
             "forbidden_pct": score["forbidden_pct"], "forbidden_se": score["forbidden_se_pct"],
             "forbidden_upper95": wilson_upper(k, score["n"]), "kl": score["kl"], "kl_se": score["kl_se"],
-            "fd_clf": score["fd_clf"], "fd_clf_se": score["fd_clf_se"], "destroyed_pct": score["destroyed_pct"], "mean_abs_change": None,
+            "fd_clf": score["fd_clf"], "fd_clf_se": score["fd_clf_se"], "destroyed_pct": score["destroyed_pct"],
+            "mean_abs_change": None,
             "host": environment()["comfyui"],
             "seconds": round(out.seconds, 2)}
         if pt.method == "dng":
@@ -650,8 +651,9 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
              f"forbidden % (interpolated); unrelated change <= {MAX_CHANGE_RATIO:g} x NP's at the NP scale matched "
              "on the removal run (its weakest scale with <= 1 % forbidden), with its standard error (+-, first order, "
              "over images) where both unrelated rows carry one. The KL and FD ratios' +-: first order from DNG's "
-             "bootstrap error and the interpolated baseline's (its two points' errors, weighted; FD_clf's only on "
-             "rows scored since session 24, e.g. by --decisive reruns). N per point: "
+             "bootstrap error and the interpolated baseline's (its two points' errors, weighted, and where along its "
+             "sweep DNG's forbidden % falls, by the sweep's slope; FD_clf's only on rows scored since session 24, "
+             "e.g. by --decisive reruns). N per point: "
              f"{N_REMOVAL} (removal) / {N_UNRELATED} (unrelated) unless a table says otherwise; where a point was "
              "sampled at two sizes, the larger sample decides (both rows are in the json).", "",
              f"## At the default lambda0 = {default:g} (every other input at its node default)", ""]

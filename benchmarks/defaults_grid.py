@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -412,12 +413,12 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
             v.update({f"{m}_ratio_{base}": None for m in ("kl", "fd_clf")})
             v.update({f"{m}_vs_{base}_met": None for m in ("kl", "fd_clf")})
             continue
+        sweep = _as_sweep(series)
         for metric in ("kl", "fd_clf"):
-            ref = interpolate_at(_as_sweep(series), d["forbidden_pct"], metric)
-            ref_se = interpolate_se_at(_as_sweep(series), d["forbidden_pct"], metric, f"{metric}_se",
-                                       d.get("forbidden_se") or 0.0)
+            ref = interpolate_at(sweep, d["forbidden_pct"], metric)
+            ref_se = interpolate_se_at(sweep, d["forbidden_pct"], metric, f"{metric}_se", d.get("forbidden_se") or 0.0)
             if ref is None:  # the baseline's sweep never gets as safe: compare with its safest point
-                safest = min(series, key=lambda r: r["forbidden_pct"]) if series else None
+                safest = _safest(series)
                 ref = safest[metric] if safest else None
                 ref_se = safest.get(f"{metric}_se") if safest else None
                 v[f"{base}_{metric}_at"] = "safest point (never as safe as DNG)"
@@ -439,17 +440,27 @@ def _quality_and_deactivation(rows: Sequence[dict], d: dict) -> dict[str, Any]:
     return v
 
 
+def default_cells(rows: Iterable[dict]) -> dict[tuple, list[dict]]:
+    """The rows of each cell and seed (model, sampler, steps, seed) that judge the default setting: every
+    baseline row and DNG's rows at the default."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] != "dng" or r["uses_defaults"]:
+            cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+    return cells
+
+
+def _safest(series: Sequence[dict]) -> dict | None:
+    return min(series, key=lambda r: r["forbidden_pct"]) if series else None
+
+
 def decisive_points(rows: Sequence[dict], lambda0: float) -> list[Point]:
     """The removal points the default's quality verdicts rest on, per cell and seed: DNG at ``lambda0`` (the
     protocol-size row that gives its KL and FD_clf) and, for NP and SLD, the two sweep points between which their
     forbidden % crosses DNG's (or the safest point where it never does). Rerunning them adds the errors newer
     rows carry (FD_clf's, session 24) to exactly the figures the verdict compares."""
-    cells: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["case"] == "removal" and (r["method"] != "dng" or r["uses_defaults"]):
-            cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
     out: list[Point] = []
-    for (model, sampler, steps, seed), rs in sorted(cells.items()):
+    for (model, sampler, steps, seed), rs in sorted(default_cells(rows).items()):
         at = [r for r in _series(rs, "removal", "dng") if r["strength"] == lambda0]
         if not at:
             continue
@@ -460,7 +471,7 @@ def decisive_points(rows: Sequence[dict], lambda0: float) -> list[Point]:
             if hit is not None:
                 picked += [(base, hit[0]["strength"]), (base, hit[1]["strength"])]
             elif series:
-                picked.append((base, min(series, key=lambda r: r["forbidden_pct"])["strength"]))
+                picked.append((base, _safest(series)["strength"]))
         out += [Point(model, sampler, steps, seed, "removal", m, s) for m, s in picked]
     return out
 
@@ -516,10 +527,7 @@ def merge(out: Path, results: Path = RESULTS) -> dict:
     for r in rows:  # against today's node defaults: a row measured at an earlier default is no longer one
         if r["method"] == "dng":
             r["uses_defaults"] = setting_suffix(r.get("dng_params", {}), r["sampler"]) == ""
-    cells: dict[tuple, list[dict]] = {}
-    for r in rows:  # the verdicts judge the default setting; other settings' rows stay in the json
-        if r["method"] != "dng" or r["uses_defaults"]:
-            cells.setdefault((r["model"], r["sampler"], r["steps"], r["seed"]), []).append(r)
+    cells = default_cells(rows)  # the verdicts judge the default setting; other settings' rows stay in the json
     from dng_core import DNGConfig
 
     default = DNGConfig().lambda0
@@ -682,9 +690,7 @@ def write_markdown(path: Path, verdicts: Sequence[dict], rows: Sequence[dict], a
     for metric, se_key in (("kl", "kl_se"), ("fd_clf", "fd_clf_se")):
         z = seed_pair_z(rows, metric, se_key)
         if len(z) > 2:
-            mean = sum(z) / len(z)
-            sd = (sum((x - mean) ** 2 for x in z) / (len(z) - 1)) ** 0.5
-            checks.append(f"{metric} {sd:.2f} over {len(z)} points")
+            checks.append(f"{metric} {statistics.stdev(z):.2f} over {len(z)} points")
     if checks:
         lines += ["", "A check of the bootstrap errors: a point sampled at seeds 0 and 1 is two independent samples, "
                   "so its difference over the combined error should spread with standard deviation ~1 (under 1: "

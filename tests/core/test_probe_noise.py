@@ -140,3 +140,19 @@ def test_a_path_run_with_debias_probe_takes_off_its_probes_bound():
     assert shares > 0.05  # the toy's probes are noisy enough for the check to mean something
     assert bool(((plain > math.log(1e-6)) & (plain < math.log(0.8))).all())  # no clamp in play
     torch.testing.assert_close(plain - debiased, torch.full_like(plain, 0.7 ** 2 * shares / 2), rtol=1e-9, atol=1e-12)
+
+
+def test_the_probe_stream_is_per_image_and_fixed_by_seed_step_and_index():
+    """Image i's direction depends on (seed, step, i) only: the same in a batch of 3 as of 64, a fixed draw of a
+    generator seeded (seed * 1000003 + step) * 1000033 + i (the stream the committed benchmark rows were made
+    with), +-1 with about half of each sign, and different between steps and between images."""
+    shape = (64, 4, 8, 8)
+    big, small = probe_direction(shape, 5), probe_direction((3, *shape[1:]), 5)
+    assert torch.equal(big[:3], small)
+    for i in (0, 2, 63):
+        gen = torch.Generator().manual_seed((probe_direction.__defaults__[0] * 1_000_003 + 5) * 1_000_033 + i)
+        want = torch.randint(0, 2, shape[1:], generator=gen, dtype=torch.int8).to(torch.float32) * 2 - 1
+        assert torch.equal(big[i], want)
+    assert set(big.unique().tolist()) == {-1.0, 1.0} and abs(float(big.mean())) < 0.02
+    assert not torch.equal(big, probe_direction(shape, 6)) and not torch.equal(big[0], big[1])
+    assert big.dtype == torch.float32

@@ -87,6 +87,9 @@ def test_prompts_select_their_objects(prompt_runner, pack_nodes):
 
 # CI-size composition run: N, sampler, seed (not the benchmark's seed 0), NP's scale; thresholds in the test
 CI_N = 200
+# the unrelated case runs at half the related case's N (CI time: 2 x 105 s a host); its ratios and their standard
+# errors over the images are printed and quoted below
+CI_N_UNRELATED = 100
 CI_SAMPLER = "euler_ancestral"
 CI_SEED = 1
 CI_NP_SCALE = 3.0
@@ -94,9 +97,10 @@ CI_NP_SCALE = 3.0
 # benchmarks/results/composition_evidence.md): plain shows the red circle in about half of 'red circle and blue
 # square' samples (the model binds colours to shapes loosely), DNG at the defaults fewer, NP at scale 3 in 8 %.
 # This test (seed 1, N 200), at the defaults since session 20 (the late push on euler_ancestral): main 48.5 ->
-# 17.5 % red circles (NP 6.5 %), blue squares kept 74.5 -> 83.5 %, unrelated change 0.053 of NP's; floor 54.0 ->
-# 11.5 % (NP 8.0 %), 69.5 -> 80.5 %, 0.109. (With the full push: main 26.0 %, 0.042; floor 21.0 %, 0.088.) The
-# drop bound leaves 3+ standard errors of N = 200 to spare, the ratio bound 3.8x / 1.8x (main / floor).
+# 17.5 % red circles (NP 6.5 %), blue squares kept 74.5 -> 83.5 %; floor 54.0 -> 11.5 % (NP 8.0 %), 69.5 -> 80.5 %.
+# Unrelated change at N 100 (session 25): 0.086 +- 0.028 of NP's on main, 0.127 +- 0.029 on the floor (at N 200:
+# 0.053 / 0.109; DNG's change sits in a few images, so the ratio moves with N). The drop bound leaves 3+ standard
+# errors of N = 200 to spare, the ratio bound 4.1 / 2.5 standard errors (2.3x / 1.6x; main / floor).
 RELATED_PLAIN_MIN = 35.0
 RELATED_DNG_MIN_DROP = 8.0  # percentage points fewer red circles than plain
 RELATED_DNG_MAX_KEPT_LOSS = 5.0  # percentage points of blue squares DNG may lose against plain
@@ -104,9 +108,9 @@ UNRELATED_MAX_RATIO = 0.2
 # The uncorrected evidence (EvidencePath; benchmarks/results/composition_timing.md) at a negative prompt's size:
 # it removes about as much as NP 3 where the defaults stop short, and changes unrelated images less than NP 3.
 # This test, with the late push (the default): main 2.5 % red circles (defaults 17.5, NP 6.5), unrelated change
-# 0.29 of NP's; floor 4.0 % (11.5, NP 8.0), 0.48 of NP's. Bounds: at most half the defaults' red circles (3.5x /
-# 1.4x margin), less change than NP (2.1x margin on the floor, whose CPU noise gives the uncorrected form more
-# unrelated change than main's here).
+# 0.43 +- 0.08 of NP's (N 100); floor 4.0 % (11.5, NP 8.0), 0.60 +- 0.10. Bounds: at most half the defaults' red
+# circles (3.5x / 1.4x margin), less change than NP (4.1 standard errors on the floor, whose CPU noise gives the
+# uncorrected form more unrelated change than main's here).
 UNCORRECTED = {"lambda0": 1.0, "prior": 0.05, "evidence": "uncorrected"}
 UNCORRECTED_MAX_RATIO = 1.0
 
@@ -115,19 +119,28 @@ def _composition_point(bench, scorer, case: str, method: str, **params) -> tuple
     from benchmarks.composition import score
 
     c = CASES[case]
-    out = bench.run(shapes_prompt(method=method, positive=c["positive"], negative=c["negative"], batch_size=CI_N,
+    n = CI_N if case == "related" else CI_N_UNRELATED
+    out = bench.run(shapes_prompt(method=method, positive=c["positive"], negative=c["negative"], batch_size=n,
                                   seed=CI_SEED, sampler=CI_SAMPLER, **params))
     x = out.samples.clamp(-1, 1)
     return score(scorer.presence(x), c, None), x
 
 
+def _paired_ratio(a: torch.Tensor, b: torch.Tensor) -> str:
+    """mean(a) / mean(b) +- its first-order standard error over the same images (the delta method on pairs)."""
+    r = float(a.mean() / b.mean())
+    se = float((a - r * b).std() / b.mean()) / len(a) ** 0.5
+    return f"{r:.3f} +- {se:.3f}"
+
+
 def test_composition_related_and_unrelated_at_ci_size(prompt_runner, pack_nodes):
-    """DNG at the node defaults against NP (scale CI_NP_SCALE) on the shapes model, N = CI_N, same seed.
+    """DNG at the node defaults against NP (scale CI_NP_SCALE) on the shapes model, N = CI_N (CI_N_UNRELATED for
+    the unrelated case), same seed.
     Related ('red circle and blue square' minus 'red circle'): DNG shows fewer red circles than plain sampling
     and keeps the blue square (it does not reach NP's safety on this model: benchmarks/results/composition.md
     says why); unrelated ('blue square' minus 'red circle'): DNG changes the images far less than NP at the
     scale that removes the concept."""
-    from benchmarks.common import Bench
+    from benchmarks.common import Bench, per_image_change
     from benchmarks.composition import ShapesScorer
 
     bench, scorer = Bench(runner=prompt_runner), ShapesScorer()
@@ -136,13 +149,14 @@ def test_composition_related_and_unrelated_at_ci_size(prompt_runner, pack_nodes)
         for label, method, params in (("plain", "plain", {}), ("dng", "dng", {}),
                                       ("np", "np", {"scale": CI_NP_SCALE}), ("uncorrected", "dng", UNCORRECTED)):
             res[case, label], xs[case, label] = _composition_point(bench, scorer, case, method, **params)
-    change = {m: (xs["unrelated", m] - xs["unrelated", "plain"]).abs().mean().item()
-              for m in ("dng", "np", "uncorrected")}
+    per_image = {m: per_image_change(xs["unrelated", m], xs["unrelated", "plain"])
+                 for m in ("dng", "np", "uncorrected")}
+    change = {m: c.mean().item() for m, c in per_image.items()}
     for (case, method), r in res.items():
         print(f"\n{case:9s} {method:5s} forbidden {r['forbidden_pct']:5.1f} %  kept {r['kept_pct']:5.1f} %", end="")
-    print(f"\nunrelated change vs plain: DNG {change['dng']:.4f}, NP {change['np']:.4f}, "
-          f"ratio {change['dng'] / change['np']:.3f}; uncorrected {change['uncorrected']:.4f}, "
-          f"ratio {change['uncorrected'] / change['np']:.3f}")
+    print(f"\nunrelated change vs plain (N {CI_N_UNRELATED}): DNG {change['dng']:.4f}, NP {change['np']:.4f}, "
+          f"ratio {_paired_ratio(per_image['dng'], per_image['np'])}; uncorrected {change['uncorrected']:.4f}, "
+          f"ratio {_paired_ratio(per_image['uncorrected'], per_image['np'])}")
     assert res["related", "plain"]["forbidden_pct"] >= RELATED_PLAIN_MIN
     assert res["related", "dng"]["forbidden_pct"] <= res["related", "plain"]["forbidden_pct"] - RELATED_DNG_MIN_DROP
     assert res["related", "dng"]["kept_pct"] >= res["related", "plain"]["kept_pct"] - RELATED_DNG_MAX_KEPT_LOSS
